@@ -1,0 +1,84 @@
+"""Bearer API keys -> the project (tenant) every request acts for."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import get_session
+from app.errors import AuthenticationFailed
+from app.ids import new_id
+from app.orm import ApiKey, Project
+
+KEY_PREFIX = "sk-tuna-"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _hint(key: str) -> str:
+    return f"{key[:8]}...{key[-4:]}" if len(key) > 12 else "***"
+
+
+def get_or_create_project(session: Session, name: str) -> Project:
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        project = Project(id=new_id("proj_"), name=name)
+        session.add(project)
+        session.flush()
+    return project
+
+
+def add_key(session: Session, project: Project, key: str | None = None) -> str:
+    """Store a key's hash for the project (a given key is kept if already known); returns it."""
+    key = key or generate_key()
+    digest = hash_key(key)
+    if session.scalar(select(ApiKey).where(ApiKey.key_hash == digest)) is None:
+        session.add(
+            ApiKey(id=new_id("key_"), project_id=project.id, key_hash=digest, key_hint=_hint(key))
+        )
+        session.flush()
+    return key
+
+
+def project_has_keys(session: Session, project: Project) -> bool:
+    return session.scalar(select(ApiKey.id).where(ApiKey.project_id == project.id)) is not None
+
+
+def authenticate(session: Session, authorization: str | None) -> Project:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise AuthenticationFailed(
+            "You didn't provide an API key. You need to provide your API key in an "
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        )
+    key = authorization[7:].strip()
+    digest = hash_key(key)
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    # The lookup is by digest; the constant-time compare keeps timing flat on the last step too.
+    if row is None or not hmac.compare_digest(row.key_hash, digest):
+        raise AuthenticationFailed(f"Incorrect API key provided: {_hint(key)}.")
+    project = session.get(Project, row.project_id)
+    if project is None:
+        raise AuthenticationFailed(f"Incorrect API key provided: {_hint(key)}.")
+    return project
+
+
+def current_project(
+    request: Request, session: Annotated[Session, Depends(get_session)]
+) -> Project:
+    return authenticate(session, request.headers.get("authorization"))
+
+
+CurrentProject = Annotated[Project, Depends(current_project)]
+SessionDep = Annotated[Session, Depends(get_session)]

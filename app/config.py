@@ -1,0 +1,66 @@
+"""Settings: one class, read from the environment with the prefix TUNA_.
+
+Every default is the embedded one (SQLite, local files, a broker with no server) so that
+`tuna serve` needs nothing else; production overrides through env vars.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNA_", extra="ignore")
+
+    data_dir: Path = Path("var")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite under data_dir"
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; default: a folder-based broker under data_dir"
+    )
+    api_key: str | None = Field(
+        default=None, description="If set, a valid key for the default project"
+    )
+    default_project: str = "default"
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_reported_line_errors: int = 20
+    storage_dir: Path | None = None
+    model_cache_dir: Path | None = None
+    local_models: dict[str, Path] = Field(
+        default_factory=dict, description="Extra base models: name -> local folder (JSON)"
+    )
+    enable_test_models: bool = Field(
+        default=False, description="Expose the tiny random test model as a base model"
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tuna.db').resolve()}"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "files").resolve()
+
+    @property
+    def resolved_model_cache_dir(self) -> Path:
+        return (self.model_cache_dir or self.data_dir / "models").resolve()
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

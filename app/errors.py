@@ -1,0 +1,136 @@
+"""One error type for the whole API, rendered in OpenAI's envelope by one set of handlers.
+
+Services raise `APIError` subclasses (never `HTTPException`); FastAPI's own 404/405/422 and any
+unexpected exception are turned into the same `{"error": {...}}` shape so clients (the official
+SDK first) always see one format, and no stack trace leaves the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("tuna.errors")
+
+
+class APIError(Exception):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers
+        if status_code is not None:
+            self.status_code = status_code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+class InvalidRequest(APIError):
+    status_code = 400
+
+
+class AuthenticationFailed(APIError):
+    status_code = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_api_key")
+
+
+class NotFound(APIError):
+    status_code = 404
+
+    def __init__(self, message: str, *, param: str | None = "id", code: str | None = None):
+        super().__init__(message, param=param, code=code)
+
+
+class Conflict(APIError):
+    status_code = 409
+
+
+class PayloadTooLarge(APIError):
+    status_code = 413
+
+
+class RateLimited(APIError):
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+
+
+class ServerError(APIError):
+    status_code = 500
+    error_type = "server_error"
+
+
+def error_body(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def _describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0]
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    if first.get("type") == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    if first.get("type") == "json_invalid":
+        return "We could not parse the JSON body of your request.", None
+    return f"Invalid value for '{param}': {msg}.", param
+
+
+_STATUS_TYPES = {401: "invalid_request_error", 404: "invalid_request_error"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _describe_validation_error(exc)
+        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"Unknown request URL: {request.method} {request.url.path}."
+            code: str | None = "unknown_url"
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed for {request.url.path}."
+            code = "method_not_allowed"
+        else:
+            message, code = str(exc.detail), None
+        error_type = "server_error" if exc.status_code >= 500 else "invalid_request_error"
+        return JSONResponse(
+            error_body(message, error_type, None, code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("The server had an error while processing your request.", "server_error"),
+            status_code=500,
+        )

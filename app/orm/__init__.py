@@ -1,0 +1,7 @@
+"""All tables; importing this module registers them on `Base.metadata` (Alembic reads it)."""
+
+from app.orm.base import Base
+from app.orm.file import File
+from app.orm.project import ApiKey, Project
+
+__all__ = ["ApiKey", "Base", "File", "Project"]
