@@ -1,0 +1,94 @@
+"""Fixtures for the training engine: the tiny llama, its tokenizer, datasets and configs.
+
+Converted/built models are cached under ``<repo>/var/model-cache`` (git-ignored) so they survive
+test runs; building them is safe under concurrent runs (atomic rename).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.worker.training.helpers import chat, write_jsonl
+from worker.training.base_models import resolve_base_model
+from worker.training.config import TrainingConfig
+
+# Read when transformers is first imported (inside fixtures, after this): never reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The tiny model's matrices are too small to gain from threads, and on a shared 2-core machine
+# spinning OpenMP workers made these tests 2x slower; one thread is also what CI boxes give.
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+TINY = "tuna-tiny-test"
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    return REPO_ROOT / "var" / "model-cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(model_cache: Path) -> Path:
+    return resolve_base_model(TINY, model_cache)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture
+def repetitive_file(tmp_path: Path) -> Path:
+    """Eight copies of one short conversation: any working trainer drives its loss down."""
+    rows = [chat("Say the magic word.", "Banana banana banana.") for _ in range(8)]
+    return write_jsonl(tmp_path / "repetitive.jsonl", rows)
+
+
+@pytest.fixture
+def varied_file(tmp_path: Path) -> Path:
+    """Six different examples (chat with weights, a system prompt, and legacy)."""
+    rows: list[Any] = [
+        chat(f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.") for i in range(4)
+    ]
+    rows.append(
+        {
+            "messages": [
+                {"role": "system", "content": "You answer in French."},
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi!", "weight": 0},
+                {"role": "user", "content": "Thanks"},
+                {"role": "assistant", "content": "De rien."},
+            ]
+        }
+    )
+    rows.append({"prompt": "The sky is", "completion": " blue."})
+    return write_jsonl(tmp_path / "varied.jsonl", rows)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, model_cache: Path) -> Callable[..., TrainingConfig]:
+    def make(training_file: Path, output: str = "out", **overrides: Any) -> TrainingConfig:
+        values: dict[str, Any] = {
+            "base_model": TINY,
+            "model_cache_dir": model_cache,
+            "training_file": training_file,
+            "output_dir": tmp_path / output,
+            "n_epochs": 2,
+            "batch_size": 2,
+            "learning_rate_multiplier": 10.0,
+            "seed": 1234,
+            "device": "cpu",
+        }
+        values.update(overrides)
+        return TrainingConfig(**values)
+
+    return make

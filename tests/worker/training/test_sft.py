@@ -1,0 +1,193 @@
+"""The training loop on the tiny llama: learning, determinism, checkpoints, resume, stop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.worker.training.helpers import Recorder, chat, write_jsonl
+from worker.training.config import TrainingConfig
+from worker.training.sft import (
+    STATE_FILE,
+    TrainingCancelled,
+    TrainingError,
+    TrainingPaused,
+    train,
+)
+
+MakeConfig = Callable[..., TrainingConfig]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    name = (
+        "adapter_model.safetensors"
+        if (folder / "adapter_config.json").exists()
+        else ("model.safetensors")
+    )
+    return load_file(folder / name)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+@pytest.mark.parametrize(("training_type", "multiplier"), [("lora", 20.0), ("full", 100.0)])
+def test_training_reduces_loss(
+    make_config: MakeConfig, repetitive_file: Path, training_type: str, multiplier: float
+) -> None:
+    cfg = make_config(
+        repetitive_file,
+        training_type=training_type,
+        learning_rate_multiplier=multiplier,
+        validation_file=repetitive_file,
+        n_epochs=3,
+    )
+    rec = Recorder()
+    result = train(cfg, rec)
+
+    losses = [m["train_loss"] for _, _, m in rec.metrics]
+    assert result.total_steps == len(losses) == 12
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert result.metrics["full_valid_loss"] < losses[0] - 0.5
+    assert "full_valid_mean_token_accuracy" in result.metrics
+    assert all("valid_loss" in m for _, _, m in rec.metrics)  # eval every step for 12 steps
+    # trained_tokens counts every real token once per epoch.
+    n_tokens = rec.events[1][2]["n_tokens"]  # type: ignore[index]
+    assert result.trained_tokens == n_tokens * 3 == result.metrics["trained_tokens"]
+    assert rec.hyperparameters is not None and rec.hyperparameters.n_epochs == 3
+
+    marker = "adapter_config.json" if training_type == "lora" else "model.safetensors"
+    assert (result.final_dir / marker).is_file()
+    assert (result.final_dir / "tokenizer_config.json").is_file()
+
+
+def test_same_seed_same_losses(make_config: MakeConfig, varied_file: Path) -> None:
+    first, second, other = Recorder(), Recorder(), Recorder()
+    train(make_config(varied_file, "a"), first)
+    train(make_config(varied_file, "b"), second)
+    train(make_config(varied_file, "c", seed=99), other)
+    assert first.losses == second.losses
+    assert first.losses != other.losses
+
+
+def test_epoch_checkpoints_are_pruned_to_the_last_n(
+    make_config: MakeConfig, varied_file: Path
+) -> None:
+    rec = Recorder()
+    result = train(make_config(varied_file, n_epochs=4, keep_checkpoints=2), rec)
+    # 6 examples, batch 2: 3 steps per epoch, a checkpoint at each epoch end.
+    assert [step for step, _ in rec.checkpoints] == [3, 6, 9, 12]
+    assert [step for step, _ in rec.deleted] == [3, 6]
+    assert [c.step for c in result.checkpoints] == [9, 12]
+    on_disk = sorted(p.name for p in (result.final_dir.parent / "checkpoints").iterdir())
+    assert on_disk == ["step-12", "step-9"]
+    assert (result.checkpoints[-1].path / STATE_FILE).is_file()
+    assert_same_weights(result.checkpoints[-1].path, result.final_dir)
+
+
+@pytest.mark.parametrize("training_type", ["lora", "full"])
+def test_resume_from_epoch_checkpoint_matches_uninterrupted_run(
+    make_config: MakeConfig, varied_file: Path, training_type: str
+) -> None:
+    full_run = Recorder()
+    reference = train(
+        make_config(varied_file, "ref", training_type=training_type, n_epochs=3), full_run
+    )
+    checkpoint = reference.checkpoints[0].path  # end of epoch 1 (step 3)
+
+    resumed_run = Recorder()
+    resumed = train(
+        make_config(
+            varied_file,
+            "resumed",
+            training_type=training_type,
+            n_epochs=3,
+            resume_from_checkpoint=checkpoint,
+        ),
+        resumed_run,
+    )
+    assert list(resumed_run.losses) == [4, 5, 6, 7, 8, 9]
+    assert resumed_run.losses == {s: v for s, v in full_run.losses.items() if s > 3}
+    assert resumed.trained_tokens == reference.trained_tokens
+    assert len(resumed.history) == 9
+    assert_same_weights(resumed.final_dir, reference.final_dir)
+
+
+def test_pause_then_resume_matches_uninterrupted_run(
+    make_config: MakeConfig, varied_file: Path
+) -> None:
+    full_run = Recorder()
+    reference = train(make_config(varied_file, "ref", n_epochs=3), full_run)
+
+    paused_run = Recorder(stop_at=4, request="pause")  # mid-epoch 2
+    with pytest.raises(TrainingPaused) as paused:
+        train(make_config(varied_file, "run", n_epochs=3), paused_run)
+    assert paused.value.step == 4
+    assert paused.value.checkpoint_path.name == "step-4"
+    assert list(paused_run.losses) == [1, 2, 3, 4]
+
+    resumed_run = Recorder()
+    resumed = train(
+        make_config(
+            varied_file, "run", n_epochs=3, resume_from_checkpoint=paused.value.checkpoint_path
+        ),
+        resumed_run,
+    )
+    assert resumed_run.losses == {s: v for s, v in full_run.losses.items() if s > 4}
+    assert_same_weights(resumed.final_dir, reference.final_dir)
+    assert not paused.value.checkpoint_path.exists()  # removed once the run finished
+    assert [c.step for c in resumed.checkpoints] == [3, 6, 9]
+
+
+def test_cancel_stops_between_steps(make_config: MakeConfig, varied_file: Path) -> None:
+    rec = Recorder(stop_at=2, request="cancel")
+    cfg = make_config(varied_file)
+    with pytest.raises(TrainingCancelled) as cancelled:
+        train(cfg, rec)
+    assert cancelled.value.step == 2
+    assert list(rec.losses) == [1, 2]
+    assert not (cfg.output_dir / "final").exists()
+
+
+def test_resume_refuses_a_different_training_file(
+    make_config: MakeConfig, varied_file: Path, repetitive_file: Path
+) -> None:
+    reference = train(make_config(varied_file, "ref", n_epochs=1), Recorder())
+    with pytest.raises(TrainingError, match="training_file"):
+        train(
+            make_config(repetitive_file, resume_from_checkpoint=reference.checkpoints[0].path),
+            Recorder(),
+        )
+
+
+def test_bad_data_and_unknown_model_fail_readably(make_config: MakeConfig, tmp_path: Path) -> None:
+    too_long = write_jsonl(tmp_path / "long.jsonl", [chat("hi", "ok"), chat("hi", "word " * 80)])
+    with pytest.raises(TrainingError, match="Example 2") as failed:
+        train(make_config(too_long, max_seq_len=64), Recorder())
+    assert failed.value.code == "invalid_training_file"
+    assert failed.value.param == "training_file"
+
+    with pytest.raises(TrainingError) as unknown:
+        train(make_config(too_long, base_model="no-such-model"), Recorder())
+    assert unknown.value.code == "model_not_found"
+
+
+def test_lora_adapter_loads_with_peft(
+    make_config: MakeConfig, repetitive_file: Path, tiny_dir: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = train(make_config(repetitive_file, n_epochs=1), Recorder())
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    before = base(input_ids=ids).logits
+    tuned = PeftModel.from_pretrained(base, result.final_dir)
+    assert not torch.allclose(tuned(input_ids=ids).logits, before)

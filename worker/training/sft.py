@@ -1,0 +1,572 @@
+"""Supervised fine-tuning (LoRA or full): the one training loop, read top to bottom in ``train``.
+
+What must hold:
+
+* Same config and seed on the CPU -> the same losses, step for step.  Randomness comes only from
+  the seeded RNGs (python, numpy, torch) and the (seed, epoch) example order.
+* A run resumed from a checkpoint continues at the exact next step with the same losses and
+  final weights as a run never interrupted: a checkpoint holds the weights (adapter or full),
+  optimizer and scheduler state, every RNG state and the data position (next epoch, next batch).
+* Loss of a step = sum of token cross-entropies over all label tokens of the batch / number of
+  label tokens of the batch (not a mean of per-example means), so long answers weigh in
+  proportion to their length and packing or splitting a batch into rows changes nothing.
+  Logits are computed only at positions that have a label (hidden states -> select -> lm_head).
+* Checkpoints: one at each epoch end, in ``output_dir/checkpoints/step-N``, last
+  ``keep_checkpoints`` kept.  A pause writes the same kind of folder (so "resume from the newest
+  ``step-N``" works for pauses and crashes alike) but it is not reported through
+  ``on_checkpoint``; it is swept away at the next epoch checkpoint or when the run finishes.
+* The final model is written to ``output_dir/final``: a peft adapter folder for LoRA
+  (``PeftModel.from_pretrained(base, final)``), a full model folder otherwise, plus the tokenizer
+  and ``tuna_model.json`` naming the base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from worker.training.base_models import (
+    UnknownBaseModel,
+    ensure_chat_template,
+    get_base_model_info,
+    resolve_base_model,
+)
+from worker.training.callbacks import TrainingCallbacks
+from worker.training.config import ResolvedHyperparameters, TrainingConfig, resolve_hyperparameters
+from worker.training.data import (
+    IGNORE_INDEX,
+    InvalidExample,
+    PackedRow,
+    TokenizedExample,
+    epoch_batches,
+    load_examples,
+    pack_examples,
+)
+
+try:
+    import numpy as np
+except ImportError:  # numpy is optional; nothing here draws from it
+    np = None  # type: ignore[assignment]
+
+STATE_FILE = "trainer_state.pt"
+MODEL_INFO_FILE = "tuna_model.json"
+_STATE_VERSION = 1
+# Architectures whose logits are exactly lm_head(final hidden state); others go through the full
+# forward (correct, just computes logits at unlabelled positions too).
+_PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3"})
+
+
+class TrainingError(RuntimeError):
+    """A run failed for a reason the user can act on; ``code``/``param`` feed the job's error."""
+
+    def __init__(self, message: str, code: str = "training_failed", param: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.param = param
+
+
+class TrainingStopped(Exception):
+    """The callbacks asked the run to stop."""
+
+
+class TrainingCancelled(TrainingStopped):
+    def __init__(self, step: int) -> None:
+        super().__init__(f"Training cancelled after step {step}")
+        self.step = step
+
+
+class TrainingPaused(TrainingStopped):
+    """Resume by passing ``checkpoint_path`` as ``resume_from_checkpoint``."""
+
+    def __init__(self, checkpoint_path: Path, step: int) -> None:
+        super().__init__(f"Training paused after step {step}; checkpoint {checkpoint_path}")
+        self.checkpoint_path = checkpoint_path
+        self.step = step
+
+
+class CheckpointInfo(NamedTuple):
+    step: int
+    path: Path
+    metrics: dict[str, float]
+
+
+@dataclass
+class TrainingResult:
+    final_dir: Path
+    trained_tokens: int
+    total_steps: int
+    metrics: dict[str, float]  # the last step's, including full_valid_* when validating
+    checkpoints: list[CheckpointInfo]  # the kept ones, oldest first
+    hyperparameters: ResolvedHyperparameters
+    history: list[dict[str, float]] = field(default_factory=list)  # every step's metrics
+
+
+@dataclass
+class _Position:
+    """Where the loop is: ``step`` optimizer steps done; the next batch is (epoch, batch)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    trained_tokens: int = 0
+
+
+def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResult:
+    """Fine-tune ``config.base_model`` on ``config.training_file``; see the module docstring."""
+    config.validate()
+    device = _pick_device(config.device)
+
+    # 1. Base model and data ------------------------------------------------------------------
+    callbacks.on_event("info", f"Loading base model {config.base_model}", None)
+    try:
+        model_dir = resolve_base_model(
+            config.base_model, config.model_cache_dir, config.local_models
+        )
+        context = get_base_model_info(config.base_model, config.local_models).context_length
+    except UnknownBaseModel as exc:
+        raise TrainingError(str(exc), code="model_not_found", param="model") from exc
+    max_seq_len = config.max_seq_len or context
+    tokenizer = _load_tokenizer(model_dir)
+    train_examples = _load(config.training_file, tokenizer, max_seq_len, "training_file")
+    valid_examples = (
+        _load(config.validation_file, tokenizer, max_seq_len, "validation_file")
+        if config.validation_file is not None
+        else []
+    )
+    n_tokens = sum(e.n_tokens for e in train_examples)
+    callbacks.on_event(
+        "info",
+        f"Training file has {len(train_examples)} examples and {n_tokens} tokens",
+        {"n_examples": len(train_examples), "n_tokens": n_tokens},
+    )
+
+    # 2. Hyperparameters, or the ones a checkpoint was made with --------------------------------
+    state: dict[str, Any] | None = None
+    if config.resume_from_checkpoint is not None:
+        state = _read_state(config.resume_from_checkpoint)
+        _check_resumable(state, config, _fingerprint(config.training_file))
+        hp = ResolvedHyperparameters(**state["hyperparameters"])
+    else:
+        hp = resolve_hyperparameters(len(train_examples), n_tokens, config)
+    callbacks.on_hyperparameters(hp)
+    steps_per_epoch = math.ceil(len(train_examples) / hp.batch_size)
+    total_steps = hp.n_epochs * steps_per_epoch
+    eval_every = config.eval_every_steps or max(1, total_steps // 20)
+
+    # 3. Model, optimizer, schedule (seeded so LoRA's initialisation is reproducible) ------------
+    _seed_everything(config.seed)
+    model = _load_model(config, model_dir, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_cosine(total_steps, config.warmup_ratio, config.min_lr_ratio)
+    )
+    position = _Position()
+    history: list[dict[str, float]] = []
+    checkpoints: list[CheckpointInfo] = []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _restore_rng(state["rng"])
+        position = _Position(**state["position"])
+        history = list(state["history"])
+        checkpoints = [CheckpointInfo(s, Path(p), m) for s, p, m in state["checkpoints"]]
+        callbacks.on_event(
+            "info", f"Resumed from checkpoint at step {position.step}", {"step": position.step}
+        )
+
+    run = _Run(config, model, tokenizer, optimizer, scheduler, hp, device, max_seq_len)
+    callbacks.on_event(
+        "info",
+        f"Training {config.training_type} for {total_steps} steps on {device.type}",
+        {"total_steps": total_steps, "trainable_parameters": sum(p.numel() for p in trainable)},
+    )
+
+    # 4. The loop -------------------------------------------------------------------------------
+    metrics: dict[str, float] = history[-1] if history else {}
+    for epoch in range(position.epoch, hp.n_epochs):
+        batches = epoch_batches(len(train_examples), hp.batch_size, config.seed, epoch)
+        for batch_index in range(position.batch if epoch == position.epoch else 0, len(batches)):
+            request = callbacks.should_stop()
+            if request == "cancel":
+                raise TrainingCancelled(position.step)
+            if request == "pause":
+                path = run.save_pause_checkpoint(position, history, checkpoints)
+                callbacks.on_event("info", f"Paused at step {position.step}", {"path": str(path)})
+                raise TrainingPaused(path, position.step)
+
+            started = time.perf_counter()
+            batch = [train_examples[i] for i in batches[batch_index]]
+            learning_rate = float(scheduler.get_last_lr()[0])  # what this step uses
+            loss, accuracy, n_batch_tokens = run.train_step(batch, position.step)
+            position.step += 1
+            position.trained_tokens += n_batch_tokens
+            position.epoch, position.batch = divmod(position.step, steps_per_epoch)
+
+            metrics = {
+                "train_loss": loss,
+                "train_mean_token_accuracy": accuracy,
+                "learning_rate": learning_rate,
+                "epoch": epoch + (batch_index + 1) / len(batches),
+                "trained_tokens": position.trained_tokens,
+                "tokens_per_second": n_batch_tokens / max(time.perf_counter() - started, 1e-9),
+            }
+            if valid_examples and position.step % eval_every == 0:
+                valid_batches = [
+                    valid_examples[i : i + hp.batch_size]
+                    for i in range(0, len(valid_examples), hp.batch_size)
+                ]
+                chosen = valid_batches[(position.step // eval_every - 1) % len(valid_batches)]
+                metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = run.evaluate(chosen)
+            if valid_examples and position.step == total_steps:
+                full = run.evaluate(valid_examples)
+                metrics["full_valid_loss"], metrics["full_valid_mean_token_accuracy"] = full
+            history.append(metrics)
+            callbacks.on_metrics(position.step, total_steps, metrics)
+
+            if config.checkpoint_every_epoch and batch_index == len(batches) - 1:
+                path = config.output_dir / "checkpoints" / f"step-{position.step}"
+                kept = [*checkpoints, CheckpointInfo(position.step, path, metrics)]
+                dropped, checkpoints = (
+                    kept[: -config.keep_checkpoints],
+                    kept[-config.keep_checkpoints :],
+                )
+                # The state lists the kept checkpoints, so a resumed run prunes the same ones.
+                run.save_checkpoint(path, position, history, checkpoints)
+                callbacks.on_checkpoint(position.step, path, metrics)
+                for old in dropped:
+                    # Only ours: a run resumed from another run's folder leaves that one alone.
+                    if old.path.resolve().is_relative_to(config.output_dir.resolve()):
+                        shutil.rmtree(old.path, ignore_errors=True)
+                        callbacks.on_checkpoint_deleted(old.step, old.path)
+                _sweep_unlisted(config.output_dir / "checkpoints", checkpoints)
+
+    # 5. The final model ----------------------------------------------------------------------
+    final_dir = run.save_model(config.output_dir / "final")
+    _sweep_unlisted(config.output_dir / "checkpoints", checkpoints)
+    callbacks.on_event("info", "Training finished", {"final_dir": str(final_dir)})
+    return TrainingResult(
+        final_dir=final_dir,
+        trained_tokens=position.trained_tokens,
+        total_steps=total_steps,
+        metrics=metrics,
+        checkpoints=checkpoints,
+        hyperparameters=hp,
+        history=history,
+    )
+
+
+class _Run:
+    """The pieces of one run the step, evaluation and checkpoint code share."""
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        model: Any,
+        tokenizer: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+        hp: ResolvedHyperparameters,
+        device: torch.device,
+        max_seq_len: int,
+    ) -> None:
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.optimizer, self.scheduler, self.hp = optimizer, scheduler, hp
+        self.device, self.max_seq_len = device, max_seq_len
+        self.fingerprint = _fingerprint(config.training_file)
+        self.forward = make_row_loss(model)
+
+    def train_step(self, batch: list[TokenizedExample], step: int) -> tuple[float, float, int]:
+        """One optimizer step on ``batch``; returns (loss, token accuracy, tokens processed)."""
+        self.model.train()
+        rows = pack_examples(batch, self.max_seq_len)
+        n_targets = sum(row.n_targets for row in rows)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, correct = 0.0, 0
+        try:
+            for row in rows:
+                with self._autocast():
+                    row_loss, row_correct = self.forward(row, self.device)
+                (row_loss / n_targets).backward()
+                loss_sum += row_loss.item()
+                correct += row_correct
+        except torch.OutOfMemoryError as exc:
+            raise TrainingError(
+                f"Out of memory at step {step + 1} (batch of {len(batch)} examples, "
+                f"{sum(r.n_tokens for r in rows)} tokens); lower batch_size or max_seq_len",
+                code="out_of_memory",
+            ) from exc
+        if self.config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.config.max_grad_norm
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss_sum / n_targets, correct / n_targets, sum(row.n_tokens for row in rows)
+
+    @torch.no_grad()
+    def evaluate(self, examples: list[TokenizedExample]) -> tuple[float, float]:
+        """(loss, token accuracy) over all label tokens of ``examples``; no RNG is consumed."""
+        self.model.eval()
+        rows = pack_examples(examples, self.max_seq_len)
+        loss_sum, correct = 0.0, 0
+        for row in rows:
+            with self._autocast():
+                row_loss, row_correct = self.forward(row, self.device)
+            loss_sum += row_loss.item()
+            correct += row_correct
+        n_targets = sum(row.n_targets for row in rows)
+        return loss_sum / n_targets, correct / n_targets
+
+    def _autocast(self) -> Any:
+        use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    # Checkpoints -------------------------------------------------------------------------------
+
+    def save_model(self, target: Path) -> Path:
+        """Weights (adapter or full), tokenizer and tuna_model.json, written then renamed."""
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        info = {"base_model": self.config.base_model, "training_type": self.config.training_type}
+        (tmp / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return target
+
+    def save_checkpoint(
+        self,
+        target: Path,
+        position: _Position,
+        history: list[dict[str, float]],
+        checkpoints: list[CheckpointInfo],
+    ) -> Path:
+        """Model files plus trainer_state.pt: everything needed to continue at ``position``."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.save_model(target)
+        state = {
+            "version": _STATE_VERSION,
+            "base_model": self.config.base_model,
+            "training_type": self.config.training_type,
+            "seed": self.config.seed,
+            "training_file_sha256": self.fingerprint,
+            "hyperparameters": self.hp.to_dict(),
+            "position": vars(position).copy(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _capture_rng(),
+            "history": history,
+            "checkpoints": [(c.step, str(c.path), c.metrics) for c in checkpoints],
+        }
+        torch.save(state, target / STATE_FILE)
+        return target
+
+    def save_pause_checkpoint(
+        self,
+        position: _Position,
+        history: list[dict[str, float]],
+        checkpoints: list[CheckpointInfo],
+    ) -> Path:
+        target = self.config.output_dir / "checkpoints" / f"step-{position.step}"
+        if any(c.path == target for c in checkpoints):
+            return target  # just written at this epoch end; identical state
+        return self.save_checkpoint(target, position, history, checkpoints)
+
+
+def _sweep_unlisted(folder: Path, kept: list[CheckpointInfo]) -> None:
+    """Remove pause checkpoints and leftovers of interrupted writes: every entry not kept."""
+    if not folder.is_dir():
+        return
+    keep = {c.path.resolve() for c in kept}
+    for entry in folder.iterdir():
+        if entry.resolve() not in keep:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+
+
+def make_row_loss(model: Any) -> Callable[[PackedRow, torch.device], tuple[torch.Tensor, int]]:
+    """A function: packed row -> (summed cross-entropy over its targets, # correct argmax).
+
+    For plain-head architectures only labelled positions go through ``lm_head``: with a 49k
+    vocabulary and mostly-prompt examples this saves most of the logits' memory and time.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    plain = getattr(base.config, "model_type", "") in _PLAIN_HEAD_TYPES
+    backbone = getattr(base, base.base_model_prefix) if plain else None
+    head = base.get_output_embeddings() if plain else None
+
+    def row_loss(row: PackedRow, device: torch.device) -> tuple[torch.Tensor, int]:
+        input_ids = torch.tensor([row.input_ids], device=device)
+        position_ids = torch.tensor([row.position_ids], device=device)
+        targets = torch.tensor(row.targets, device=device)
+        keep = targets != IGNORE_INDEX
+        if backbone is not None and head is not None:
+            hidden = backbone(
+                input_ids=input_ids, position_ids=position_ids, use_cache=False
+            ).last_hidden_state[0]
+            logits = head(hidden[keep])
+        else:
+            logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+            logits = logits[0][keep]
+        logits = logits.float()
+        loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+        correct = int((logits.argmax(dim=-1) == targets[keep]).sum().item())
+        return loss, correct
+
+    return row_loss
+
+
+def _warmup_cosine(
+    total_steps: int, warmup_ratio: float, min_ratio: float
+) -> Callable[[int], float]:
+    """LR factor: linear warmup over ``warmup_ratio`` of the steps, then cosine to ``min_ratio``."""
+    warmup = math.ceil(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device 'cuda' was requested but no GPU is available", code="no_gpu")
+    return torch.device(requested)
+
+
+def _load_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return ensure_chat_template(AutoTokenizer.from_pretrained(model_dir))
+
+
+def _load(path: Path, tokenizer: Any, max_seq_len: int, param: str) -> list[TokenizedExample]:
+    name = "Training" if param == "training_file" else "Validation"
+    try:
+        examples = load_examples(path, tokenizer, max_seq_len)
+    except InvalidExample as exc:
+        raise TrainingError(f"{name} file: {exc}", code=f"invalid_{param}", param=param) from exc
+    except OSError as exc:
+        raise TrainingError(f"{name} file cannot be read: {exc}", param=param) from exc
+    if not examples:
+        raise TrainingError(f"{name} file has no examples", code="invalid_n_examples", param=param)
+    return examples
+
+
+def _load_model(config: TrainingConfig, model_dir: Path, device: torch.device) -> Any:
+    """Base model in float32 (master weights), wrapped for LoRA, or a checkpoint's weights."""
+    from transformers import AutoModelForCausalLM
+
+    model: Any
+    resume = config.resume_from_checkpoint
+    if config.training_type == "full":
+        source = resume if resume is not None else model_dir
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        model.config.use_cache = False
+        return model.to(device)
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    if resume is not None:
+        model = PeftModel.from_pretrained(model, resume, is_trainable=True)
+    else:
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear",  # attention + MLP projections; never lm_head
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model.to(device)
+
+
+def _read_state(checkpoint: Path) -> dict[str, Any]:
+    path = Path(checkpoint) / STATE_FILE
+    if not path.is_file():
+        raise TrainingError(f"{checkpoint} is not a Tuna checkpoint (no {STATE_FILE})")
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("version") != _STATE_VERSION:
+        raise TrainingError(f"{checkpoint} was written by an incompatible engine version")
+    return state
+
+
+def _check_resumable(state: dict[str, Any], config: TrainingConfig, fingerprint: str) -> None:
+    """A checkpoint continues only the run that made it: same base, method, seed and data."""
+    for key, value in (
+        ("base_model", config.base_model),
+        ("training_type", config.training_type),
+        ("seed", config.seed),
+        ("training_file_sha256", fingerprint),
+    ):
+        if state[key] != value:
+            raise TrainingError(f"Cannot resume: the checkpoint's {key} differs from this run's")
+
+
+def _fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Randomness
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if np is not None:
+        np.random.seed(seed % 2**32)
+
+
+def _capture_rng() -> dict[str, Any]:
+    """Every RNG state, in types ``torch.load(weights_only=True)`` accepts."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if np is not None:
+        numpy_state: Any = np.random.get_state()
+        kind, keys, pos, has_gauss, cached = numpy_state
+        state["numpy"] = (kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached)
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state and np is not None:
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
