@@ -74,11 +74,14 @@ def authenticate(session: Session, authorization: str | None) -> Project:
     return project
 
 
-def current_project(
-    request: Request, session: Annotated[Session, Depends(get_session)]
-) -> Project:
+# scope="function": the transaction ends (commit or rollback) before the response is sent, so a
+# client never gets a 200 for a write it cannot read back yet; FastAPI's default "request"
+# scope would commit only after the response.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def current_project(request: Request, session: SessionDep) -> Project:
     return authenticate(session, request.headers.get("authorization"))
 
 
 CurrentProject = Annotated[Project, Depends(current_project)]
-SessionDep = Annotated[Session, Depends(get_session)]

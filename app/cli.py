@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -30,8 +32,9 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Default: ./var (TUNA_DATA_DIR)")
-def serve(host: str, port: int, data_dir: Path | None) -> None:
-    """Start the API on embedded defaults (SQLite, local files), applying migrations first."""
+@click.option("--worker/--no-worker", default=True, show_default=True, help="Start a worker too")
+def serve(host: str, port: int, data_dir: Path | None, worker: bool) -> None:
+    """Start the API (and one training worker) on embedded defaults, applying migrations first."""
     import uvicorn
 
     from app.bootstrap import ensure_default_key, prepare
@@ -51,7 +54,60 @@ def serve(host: str, port: int, data_dir: Path | None) -> None:
             "API key: created on first start; make another with "
             f"`tuna keys create --project {settings.default_project}`"
         )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    worker_process = _start_worker(concurrency=1) if worker else None
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    finally:
+        if worker_process is not None:
+            worker_process.terminate()
+            worker_process.wait(timeout=30)
+
+
+def _worker_command(concurrency: int, loglevel: str = "info") -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        "training",
+        "--concurrency",
+        str(concurrency),
+        "--prefetch-multiplier",
+        "1",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        loglevel,
+    ]
+
+
+def _start_worker(concurrency: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(_worker_command(concurrency))
+
+
+@main.command()
+@click.option("--concurrency", default=1, show_default=True, help="Jobs at once (one per GPU)")
+@click.option("--data-dir", type=click.Path(path_type=Path))
+def worker(concurrency: int, data_dir: Path | None) -> None:
+    """Run a training worker against the configured database and broker."""
+    from app.bootstrap import prepare
+
+    prepare(_settings(data_dir))
+    command = _worker_command(concurrency)
+    os.execv(command[0], command)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path))
+def migrate(data_dir: Path | None) -> None:
+    """Apply database migrations (done by `serve` too)."""
+    from app.bootstrap import prepare
+
+    prepare(_settings(data_dir))
+    click.echo("Database is up to date.")
 
 
 @main.group()
@@ -72,6 +128,17 @@ def keys_create(project_name: str, data_dir: Path | None) -> None:
     prepare(settings)
     click.echo(f"New API key for project '{project_name}':")
     click.echo(create_key(settings, project_name))
+
+
+def _register_client_commands() -> None:
+    # `tuna files|jobs|chat` talk HTTP to a server; they live in their own package.
+    from app.client_cli import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_client_commands()
 
 
 if __name__ == "__main__":

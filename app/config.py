@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     local_models: dict[str, Path] = Field(
         default_factory=dict, description="Extra base models: name -> local folder (JSON)"
     )
+    job_lease_seconds: float = Field(
+        default=60.0,
+        description="A running job whose worker has not renewed its lease for this long is "
+        "returned to the queue",
+    )
     enable_test_models: bool = Field(
         default=False, description="Expose the tiny random test model as a base model"
     )

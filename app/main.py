@@ -8,11 +8,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.catalog.endpoints import router as catalog_router
 from app.config import Settings, get_settings
+from app.dashboard import install_dashboard
 from app.db import Database
 from app.errors import install_error_handlers
 from app.files.endpoints import router as files_router
 from app.files.storage import LocalStorage
+from app.fine_tuning.endpoints import router as fine_tuning_router
+from app.fine_tuning.queue import JobQueue
+from app.inference.endpoints import models_router as inference_models_router
+from app.inference.endpoints import router as inference_router
+from app.inference.engine import create_engine as create_inference_engine
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,8 +40,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = database
     app.state.storage = LocalStorage(settings.resolved_storage_dir)
+    app.state.job_queue = _job_queue(settings)
+    app.state.inference = create_inference_engine(settings, app.state.storage)
     install_error_handlers(app)
     app.include_router(files_router)
+    app.include_router(fine_tuning_router)
+    app.include_router(catalog_router)
+    app.include_router(inference_router)
+    app.include_router(inference_models_router)
+    install_dashboard(app)  # `/` and /dashboard/static: web pages, not in the API schema
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
@@ -42,3 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     logging.getLogger("tuna").setLevel(logging.INFO)
     return app
+
+
+def _job_queue(settings: Settings) -> JobQueue:
+    # Imported here: Celery is only needed once an app is built, not by importers of this module.
+    from worker.celery_app import CeleryJobQueue
+
+    return CeleryJobQueue(settings)

@@ -13,7 +13,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -36,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(
     "TUNA_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("TUNA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -101,10 +105,30 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
-def make_settings(tmp: Path, database_url: str | None, **overrides: object) -> Settings:
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis database emptied for this session (the production broker)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    except Exception as exc:
+        if IN_CI:
+            pytest.fail(f"Redis is required in CI but unreachable: {exc}")
+        pytest.skip(f"Redis unreachable: {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+def make_settings(
+    tmp: Path, database_url: str | None, broker_url: str | None = None, **overrides: object
+) -> Settings:
     return Settings(
         data_dir=tmp,
         database_url=database_url,
+        broker_url=broker_url,
         model_cache_dir=REPO_ROOT / "var" / "model-cache",
         enable_test_models=True,
         **overrides,  # type: ignore[arg-type]
@@ -115,8 +139,12 @@ def make_settings(tmp: Path, database_url: str | None, **overrides: object) -> S
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     backend: str = request.param
     data_dir = tmp_path_factory.mktemp(f"tuna-{backend}")
-    database_url = request.getfixturevalue("postgres_url") if backend == "postgres" else None
-    settings = make_settings(data_dir, database_url)
+    if backend == "postgres":
+        settings = make_settings(
+            data_dir, request.getfixturevalue("postgres_url"), request.getfixturevalue("redis_url")
+        )
+    else:
+        settings = make_settings(data_dir, None)
     prepare(settings)
     app = create_app(settings)
     url, stop = serve_in_thread(app)
@@ -132,3 +160,68 @@ def api_key(server: LiveServer) -> str:
 @pytest.fixture
 def client(server: LiveServer, api_key: str) -> openai.OpenAI:
     return server.client(api_key)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a separate process needs to act on the same data as `settings`."""
+    env = dict(os.environ)
+    env.update(
+        TUNA_DATA_DIR=str(settings.data_dir),
+        TUNA_DATABASE_URL=settings.resolved_database_url,
+        TUNA_BROKER_URL=settings.resolved_broker_url,
+        TUNA_MODEL_CACHE_DIR=str(settings.resolved_model_cache_dir),
+        TUNA_ENABLE_TEST_MODELS="1" if settings.enable_test_models else "0",
+    )
+    return env
+
+
+class WorkerProcess:
+    """A real `celery worker` process, as `tuna worker` runs it."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        from app.cli import _worker_command
+
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            _worker_command(concurrency=1, loglevel="info"),
+            env=settings_env(self.settings),
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while b"ready." not in self.log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("worker did not start:\n" + self.log_path.read_text()[-4000:])
+            time.sleep(0.2)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the whole process group: the main process and its pool children."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def worker(server: LiveServer, tmp_path_factory: pytest.TempPathFactory):
+    """One worker per backend for the whole session (tests isolate by project)."""
+    process = WorkerProcess(
+        server.settings, tmp_path_factory.mktemp("worker-logs") / f"{server.backend}.log"
+    )
+    process.start()
+    yield process
+    process.stop()

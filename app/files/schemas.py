@@ -11,7 +11,13 @@ from app.orm.base import unix
 
 UPLOAD_PURPOSES = ("fine-tune", "batch", "assistants", "vision", "user_data", "evals")
 Purpose = Literal[
-    "fine-tune", "fine-tune-results", "batch", "batch_output", "assistants", "vision", "user_data",
+    "fine-tune",
+    "fine-tune-results",
+    "batch",
+    "batch_output",
+    "assistants",
+    "vision",
+    "user_data",
     "evals",
 ]
 

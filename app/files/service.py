@@ -69,8 +69,12 @@ class FileService:
         report: ValidationReport | None = None
         if purpose == "fine-tune":
             # The file part may have come before `purpose`; then validate from disk now.
-            report = validator.finish() if validator else validate_file(
-                form.file.temp_path, max_errors=self.settings.max_reported_line_errors
+            report = (
+                validator.finish()
+                if validator
+                else validate_file(
+                    form.file.temp_path, max_errors=self.settings.max_reported_line_errors
+                )
             )
             if not report.ok:
                 raise InvalidRequest(report.summary(), param="file", code="invalid_file_format")

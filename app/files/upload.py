@@ -88,9 +88,7 @@ class _Reader:
                 raise InvalidRequest("Only one 'file' part may be sent.", param="file")
             self._out = open(self.temp_path, "wb")  # noqa: SIM115 - closed in _part_end/close
             self._sink = self.sink_for_fields(self.result.fields)
-            self.result.file = UploadedFile(
-                self.temp_path, filename.decode("utf-8", "replace"), 0
-            )
+            self.result.file = UploadedFile(self.temp_path, filename.decode("utf-8", "replace"), 0)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._out is not None:

@@ -2,6 +2,21 @@
 
 from app.orm.base import Base
 from app.orm.file import File
+from app.orm.fine_tuning import (
+    FineTunedModel,
+    FineTuningCheckpoint,
+    FineTuningEvent,
+    FineTuningJob,
+)
 from app.orm.project import ApiKey, Project
 
-__all__ = ["ApiKey", "Base", "File", "Project"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "File",
+    "FineTunedModel",
+    "FineTuningCheckpoint",
+    "FineTuningEvent",
+    "FineTuningJob",
+    "Project",
+]

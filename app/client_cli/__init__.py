@@ -1,0 +1,15 @@
+"""`tuna files|jobs|chat`: the client side of the `tuna` command, over HTTP to any Tuna server.
+
+Registered on the `tuna` group in `app.cli`; nothing here imports the server (no database,
+no torch), so these commands start fast and work against a remote server.
+"""
+
+from __future__ import annotations
+
+from app.client_cli.chat import chat
+from app.client_cli.files import files
+from app.client_cli.jobs import jobs
+
+COMMANDS = (files, jobs, chat)
+
+__all__ = ["COMMANDS", "chat", "files", "jobs"]

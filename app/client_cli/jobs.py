@@ -1,0 +1,324 @@
+"""`tuna jobs`: create, list, follow and cancel fine-tuning jobs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from app.client_cli.common import (
+    TERMINAL_STATUSES,
+    Ctx,
+    api_command,
+    duration,
+    styled_status,
+    when,
+)
+from app.client_cli.files import upload_with_progress
+
+#: `tuna jobs follow` exit statuses, by the job's final status.
+EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}
+#: Ctrl-C while following: the job is left alone (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
+LEVEL_STYLES = {"warn": "yellow", "error": "bold red"}
+
+
+@click.group()
+def jobs() -> None:
+    """Create, list, follow and cancel fine-tuning jobs."""
+
+
+def _file_id(ctx: Ctx, value: str | None) -> str | None:
+    """A file id as given, or a local path uploaded first (so `--file train.jsonl` works)."""
+    if value is None or value.startswith("file-"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        return value  # let the server say it does not know this id
+    uploaded = upload_with_progress(ctx.client, path, "fine-tune", quiet=ctx.json)
+    if not ctx.json:
+        ctx.err.print(f"Uploaded {escape(path.name)} as {uploaded['id']}", highlight=False)
+    return str(uploaded["id"])
+
+
+@jobs.command("create")
+@click.option("--model", required=True, help="Base model (see /v1/models), or an ft: model.")
+@click.option("--file", "training_file", required=True, help="Training file id (or a local path).")
+@click.option("--validation-file", default=None, help="Validation file id (or a local path).")
+@click.option("--suffix", default=None, help="Up to 64 characters, put in the ft: model id.")
+@click.option("--epochs", type=click.IntRange(1, 50), default=None, help="n_epochs (auto).")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=None, help="(auto)")
+@click.option("--lr-multiplier", type=float, default=None, help="learning_rate_multiplier (auto)")
+@click.option("--seed", type=click.IntRange(0, 2147483647), default=None)
+@click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA.")
+@click.option("--follow", "follow_after", is_flag=True, help="Then follow it (like `follow`).")
+@api_command
+def jobs_create(
+    ctx: Ctx,
+    model: str,
+    training_file: str,
+    validation_file: str | None,
+    suffix: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    lr_multiplier: float | None,
+    seed: int | None,
+    full: bool,
+    follow_after: bool,
+) -> None:
+    """Create a supervised fine-tuning job and print its id."""
+    body: dict[str, Any] = {"model": model, "training_file": _file_id(ctx, training_file)}
+    if validation_file:
+        body["validation_file"] = _file_id(ctx, validation_file)
+    if suffix is not None:
+        body["suffix"] = suffix
+    if seed is not None:
+        body["seed"] = seed
+    hyperparameters: dict[str, Any] = {}
+    if epochs is not None:
+        hyperparameters["n_epochs"] = epochs
+    if batch_size is not None:
+        hyperparameters["batch_size"] = batch_size
+    if lr_multiplier is not None:
+        hyperparameters["learning_rate_multiplier"] = lr_multiplier
+    if full:
+        hyperparameters["training_type"] = "full"  # Tuna's extension; LoRA is the default
+    if hyperparameters:
+        body["method"] = {
+            "type": "supervised",
+            "supervised": {"hyperparameters": hyperparameters},
+        }
+    job = ctx.client.post("/v1/fine_tuning/jobs", body)
+    if ctx.json:
+        ctx.emit_json(job)
+    else:
+        ctx.out.print(job["id"], highlight=False)
+        if not follow_after:
+            ctx.err.print(f"Follow it with: tuna jobs follow {job['id']}", highlight=False)
+    if follow_after:
+        sys.exit(follow_job(ctx, job["id"]))
+
+
+@jobs.command("ls")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100))
+@api_command
+def jobs_ls(ctx: Ctx, limit: int) -> None:
+    """List jobs, newest first."""
+    data = ctx.client.list_jobs(limit=limit)
+    if ctx.json:
+        for job in data:
+            ctx.emit_json(job)
+        return
+    if not data:
+        ctx.out.print("No jobs yet. Start one with `tuna jobs create --model M --file F`.")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("ID", "MODEL", "STATUS", "CREATED", "FINE-TUNED MODEL"):
+        table.add_column(column, no_wrap=True)
+    for job in data:
+        table.add_row(
+            job["id"],
+            escape(job.get("model", "")),
+            styled_status(job.get("status", "")),
+            when(job.get("created_at")),
+            escape(job.get("fine_tuned_model") or "-"),
+        )
+    ctx.out.print(table)
+
+
+@jobs.command("get")
+@click.argument("job_id")
+@api_command
+def jobs_get(ctx: Ctx, job_id: str) -> None:
+    """Show one job."""
+    job = ctx.client.job(job_id)
+    if ctx.json:
+        ctx.emit_json(job)
+        return
+    hp = job.get("hyperparameters") or {}
+    method_hp = ((job.get("method") or {}).get("supervised") or {}).get("hyperparameters") or {}
+    rows = [
+        ("id", job["id"]),
+        ("status", styled_status(job["status"])),
+        ("model", escape(job.get("model", ""))),
+        ("fine_tuned_model", escape(job.get("fine_tuned_model") or "-")),
+        ("training_file", job.get("training_file") or "-"),
+        ("validation_file", job.get("validation_file") or "-"),
+        ("created", when(job.get("created_at"))),
+        ("finished", when(job.get("finished_at"))),
+        ("trained_tokens", str(job.get("trained_tokens") or "-")),
+        ("n_epochs", str(hp.get("n_epochs", "-"))),
+        ("batch_size", str(hp.get("batch_size", "-"))),
+        ("lr_multiplier", str(hp.get("learning_rate_multiplier", "-"))),
+        ("training_type", str(method_hp.get("training_type", "-"))),
+        ("seed", str(job.get("seed", "-"))),
+    ]
+    if job.get("error"):
+        rows.append(("error", f"[red]{escape(job['error'].get('message') or '')}[/]"))
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    ctx.out.print(table)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@api_command
+def jobs_cancel(ctx: Ctx, job_id: str) -> None:
+    """Cancel a job (a running one stops within a few seconds)."""
+    job = ctx.client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    if ctx.json:
+        ctx.emit_json(job)
+    else:
+        ctx.out.print(f"{job['id']}: {styled_status(job['status'])}", highlight=False)
+
+
+@jobs.command("follow")
+@click.argument("job_id")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between polls.")
+@api_command
+def jobs_follow(ctx: Ctx, job_id: str, interval: float) -> None:
+    """Follow a job live: progress, loss, tokens/s, ETA and its messages.
+
+    Exit status: 0 succeeded, 1 failed, 2 cancelled. Ctrl-C stops following only; the job
+    keeps running on the server. With --json, every event is printed as one JSON line (oldest
+    first) and the final job object last.
+    """
+    sys.exit(follow_job(ctx, job_id, interval))
+
+
+class _Metrics:
+    """The newest metrics event seen, and what the progress bar shows from it."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.total: int | None = None
+        self.data: dict[str, Any] = {}
+        self.first_seen: tuple[float, int] | None = None  # (monotonic time, step) for ETA
+
+    def update(self, data: dict[str, Any]) -> None:
+        step = int(data.get("step") or 0)
+        if step < self.step:
+            return  # events arrive oldest first, but keep the latest step whatever happens
+        self.step, self.data = step, data
+        if data.get("total_steps"):
+            self.total = int(data["total_steps"])
+        if self.first_seen is None:
+            self.first_seen = (time.monotonic(), step)
+
+    def fields(self, job: dict[str, Any]) -> dict[str, str]:
+        loss = self.data.get("train_loss")
+        valid = self.data.get("valid_loss")
+        tps = self.data.get("tokens_per_second")
+        loss_text = "-" if loss is None else f"{loss:.4f}"
+        if valid is not None:
+            loss_text += f" (val {valid:.4f})"
+        return {
+            "loss": loss_text,
+            "tps": "-" if tps is None else f"{tps:,.0f}",
+            "eta": self._eta(job),
+        }
+
+    def _eta(self, job: dict[str, Any]) -> str:
+        if job.get("status") in TERMINAL_STATUSES:
+            return "0:00"
+        if job.get("estimated_finish"):
+            return duration(job["estimated_finish"] - time.time())
+        if self.first_seen and self.total and self.step > self.first_seen[1]:
+            started, first_step = self.first_seen
+            per_step = (time.monotonic() - started) / (self.step - first_step)
+            return duration(per_step * (self.total - self.step))
+        return "-"
+
+
+def follow_job(ctx: Ctx, job_id: str, interval: float = 1.0) -> int:
+    """Poll the job and its events until it ends; returns the exit status (see EXIT_CODES)."""
+    seen: set[str] = set()
+    metrics = _Metrics()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("step {task.completed:.0f}/{task.fields[total_text]}"),
+        TextColumn("loss [bold]{task.fields[loss]}[/]"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TextColumn("ETA {task.fields[eta]}"),
+        console=ctx.out,
+        disable=ctx.json,
+        refresh_per_second=4,
+    )
+    task: TaskID | None = None
+    job: dict[str, Any] = {}
+    try:
+        with progress:
+            task = progress.add_task("", total=None, total_text="?", loss="-", tps="-", eta="-")
+            while True:
+                job = ctx.client.job(job_id)  # before the events: a final status has its events
+                for event in ctx.client.new_events(job_id, seen):
+                    seen.add(event["id"])
+                    if ctx.json:
+                        ctx.emit_json(event)
+                    if event.get("type") == "metrics" and event.get("data"):
+                        metrics.update(event["data"])
+                    elif not ctx.json:
+                        _print_event(progress, event)
+                fields = metrics.fields(job)
+                progress.update(
+                    task,
+                    description=styled_status(job["status"]),
+                    completed=metrics.step,
+                    total=metrics.total,
+                    total_text=str(metrics.total or "?"),
+                    loss=fields["loss"],
+                    tps=fields["tps"],
+                    eta=fields["eta"],
+                )
+                if job["status"] in TERMINAL_STATUSES:
+                    break
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        if not ctx.json:
+            ctx.err.print(
+                f"\nStopped following. Job {job_id} keeps running on the server; "
+                f"`tuna jobs follow {job_id}` picks it up again.",
+                highlight=False,
+            )
+        return EXIT_INTERRUPTED
+    return _finish(ctx, job)
+
+
+def _print_event(progress: Progress, event: dict[str, Any]) -> None:
+    style = LEVEL_STYLES.get(event.get("level", "info"))
+    message = escape(event.get("message", ""))
+    stamp = when(event.get("created_at"))[11:]  # time of day is enough while watching
+    text = f"[{style}]{message}[/]" if style else message
+    progress.console.print(f"[dim]{stamp}[/]  {text}", highlight=False)
+
+
+def _finish(ctx: Ctx, job: dict[str, Any]) -> int:
+    status = job["status"]
+    if ctx.json:
+        ctx.emit_json(job)
+    elif status == "succeeded":
+        ctx.out.print(
+            f"[green]Succeeded.[/] Fine-tuned model: [bold]{escape(job['fine_tuned_model'])}[/]",
+            highlight=False,
+        )
+    elif status == "failed":
+        error = job.get("error") or {}
+        code = f" ({error['code']})" if error.get("code") else ""
+        ctx.err.print(
+            f"[bold red]Job failed{code}:[/] {escape(error.get('message') or 'unknown error')}",
+            highlight=False,
+        )
+    else:
+        ctx.err.print(f"Job {job['id']} was cancelled.", highlight=False)
+    return EXIT_CODES.get(status, 1)

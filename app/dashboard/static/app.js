@@ -1,0 +1,723 @@
+/* Tuna dashboard: a hash-routed single page over the /v1 API (jobs, files, new job, playground). */
+"use strict";
+
+(function () {
+  const api = window.TunaApi;
+  const TERMINAL = ["succeeded", "failed", "cancelled"];
+  const view = document.getElementById("view");
+
+  // ---- small DOM helpers (text is always set as text, never parsed as HTML) ----------------
+
+  function h(tag, attrs) {
+    const node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) {
+      const v = attrs[k];
+      if (v === undefined || v === null || v === false) return;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else if (v === true) node.setAttribute(k, "");
+      else node.setAttribute(k, v);
+    });
+    for (let i = 2; i < arguments.length; i++) append(node, arguments[i]);
+    return node;
+  }
+
+  function append(node, child) {
+    if (child === undefined || child === null || child === false) return;
+    if (Array.isArray(child)) child.forEach(function (c) { append(node, c); });
+    else node.appendChild(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+    return node;
+  }
+
+  function when(ts) {
+    if (!ts) return "\u2013";
+    const d = new Date(ts * 1000);
+    const pad = function (n) { return String(n).padStart(2, "0"); };
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
+
+  function bytes(n) {
+    if (n === undefined || n === null) return "\u2013";
+    const units = ["B", "KB", "MB", "GB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
+  }
+
+  function duration(seconds) {
+    if (!(seconds >= 0)) return "\u2013";
+    seconds = Math.round(seconds);
+    const m = Math.floor(seconds / 60), s = seconds % 60, hrs = Math.floor(m / 60);
+    return hrs ? hrs + "h " + (m % 60) + "m" : m ? m + "m " + s + "s" : s + "s";
+  }
+
+  function badge(status) {
+    return h("span", { class: "badge status-" + status, "data-status": status, text: status.replace("_", " ") });
+  }
+
+  function toast(message, kind) {
+    const t = document.getElementById("toast");
+    t.textContent = message;
+    t.className = "toast " + (kind || "");
+    t.hidden = false;
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(function () { t.hidden = true; }, 3500);
+  }
+
+  function errorBox(message) {
+    return h("div", { class: "alert error", role: "alert" }, message);
+  }
+
+  // "Invalid training file: 2 line(s) have errors. Line 3: ... Line 9: ..." -> one line each.
+  function validationReport(message) {
+    const parts = message.split(/\s+(?=Line \d+: )/);
+    if (parts.length === 1) return errorBox(message);
+    return h("div", { class: "alert error validation", role: "alert" },
+      h("strong", { text: parts[0] }),
+      h("ul", {}, parts.slice(1).map(function (p) { return h("li", { text: p }); })));
+  }
+
+  function copyButton(text) {
+    return h("button", {
+      type: "button", class: "copy", title: "Copy to clipboard", "data-copy": text,
+      onclick: function () { copyText(text); },
+    }, "Copy");
+  }
+
+  function copyText(text) {
+    const done = function () { toast("Copied " + text); };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, function () { fallbackCopy(text); done(); });
+    } else {
+      fallbackCopy(text);
+      done();
+    }
+  }
+
+  function fallbackCopy(text) {
+    const area = h("textarea", { class: "offscreen" });
+    area.value = text;
+    document.body.appendChild(area);
+    area.select();
+    try { document.execCommand("copy"); } catch (e) { /* nothing more to try */ }
+    document.body.removeChild(area);
+  }
+
+  // ---- routing ----------------------------------------------------------------------------
+
+  let cleanup = [];
+  function onLeave(fn) { cleanup.push(fn); }
+
+  /** Poll `fn` every `ms` until the page changes; never two polls at once. */
+  function every(ms, fn) {
+    let stopped = false, timer = null;
+    const tick = async function () {
+      if (stopped) return;
+      try { await fn(); } catch (e) { console.error(e); }
+      if (!stopped) timer = setTimeout(tick, ms);
+    };
+    onLeave(function () { stopped = true; clearTimeout(timer); });
+    tick();
+  }
+
+  function parseHash() {
+    const raw = location.hash.replace(/^#\/?/, "");
+    const [path, qs] = raw.split("?");
+    return { parts: path ? path.split("/").map(decodeURIComponent) : [], params: new URLSearchParams(qs || "") };
+  }
+
+  function route() {
+    cleanup.forEach(function (fn) { fn(); });
+    cleanup = [];
+    clear(view);
+    const signedIn = !!api.getKey();
+    document.getElementById("topbar").hidden = !signedIn;
+    const { parts, params } = parseHash();
+    if (!signedIn) return signInPage();
+    const key = api.getKey();
+    document.getElementById("key-hint").textContent = key.length > 12 ? key.slice(0, 8) + "\u2026" + key.slice(-4) : "key set";
+    const page = parts[0] || "jobs";
+    document.querySelectorAll("[data-nav]").forEach(function (a) {
+      a.classList.toggle("active", a.dataset.nav === page);
+    });
+    if (page === "jobs" && parts[1]) return jobPage(parts[1]);
+    if (page === "jobs") return jobsPage();
+    if (page === "files") return filesPage();
+    if (page === "new") return newJobPage(params);
+    if (page === "playground") return playgroundPage(params);
+    view.appendChild(h("section", { class: "card" }, h("h1", { text: "Not found" }),
+      h("p", {}, h("a", { href: "#/jobs", text: "Back to jobs" }))));
+  }
+
+  window.addEventListener("hashchange", route);
+  window.addEventListener("tuna:unauthorized", function () {
+    api.setKey(null);
+    toast("That API key was refused; sign in again.", "error");
+    route();
+  });
+  document.getElementById("sign-out").addEventListener("click", function () {
+    api.setKey(null);
+    location.hash = "#/jobs";
+    route();
+  });
+
+  // ---- sign in ----------------------------------------------------------------------------
+
+  function signInPage() {
+    const input = h("input", {
+      type: "password", id: "api-key", name: "api-key", autocomplete: "off", required: true,
+      placeholder: "sk-tuna-\u2026", autofocus: true,
+    });
+    const message = h("div", {});
+    const form = h("form", {
+      class: "card signin", id: "signin-form",
+      onsubmit: async function (e) {
+        e.preventDefault();
+        clear(message);
+        const key = input.value.trim();
+        try {
+          await api.verifyKey(key);
+        } catch (err) {
+          message.appendChild(errorBox(err.message));
+          return;
+        }
+        api.setKey(key);
+        route();
+      },
+    },
+      h("h1", {}, h("span", { class: "brand-mark" }, "\u25CF"), " Tuna"),
+      h("p", { class: "muted", text: "Sign in with an API key. `tuna serve` prints one on first start; `tuna keys create --project NAME` makes more." }),
+      h("label", { for: "api-key", text: "API key" }),
+      input,
+      message,
+      h("button", { type: "submit", class: "primary", text: "Sign in" }),
+      h("p", { class: "muted small", text: "The key stays in this browser (localStorage) and is sent as a Bearer token." }));
+    view.appendChild(h("div", { class: "center" }, form));
+    input.focus();
+  }
+
+  // ---- jobs list --------------------------------------------------------------------------
+
+  // The newest metrics event tells step/total; finished jobs never change, so cache theirs.
+  const finishedProgress = new Map();
+
+  async function latestMetrics(job) {
+    if (finishedProgress.has(job.id)) return finishedProgress.get(job.id);
+    const page = await api.get("/v1/fine_tuning/jobs/" + job.id + "/events", { limit: 25 });
+    const m = page.data.find(function (e) { return e.type === "metrics" && e.data; });
+    const result = m ? m.data : null;
+    if (TERMINAL.includes(job.status)) finishedProgress.set(job.id, result);
+    return result;
+  }
+
+  function progressCell(metrics, status) {
+    if (!metrics || !metrics.total_steps) return h("span", { class: "muted", text: status === "succeeded" ? "done" : "\u2013" });
+    const pct = Math.min(100, (100 * metrics.step) / metrics.total_steps);
+    return h("div", { class: "mini-progress" },
+      h("div", { class: "track" }, h("div", { class: "fill status-" + status, style: "width:" + pct.toFixed(1) + "%" })),
+      h("span", { class: "steps", text: metrics.step + "/" + metrics.total_steps }));
+  }
+
+  function jobsPage() {
+    const body = h("tbody", {});
+    const status = h("p", { class: "muted small" });
+    view.appendChild(h("section", { class: "card" },
+      h("div", { class: "card-head" },
+        h("h1", { text: "Fine-tuning jobs" }),
+        h("a", { class: "button primary", href: "#/new", text: "New job" })),
+      h("table", { class: "table", id: "jobs-table" },
+        h("thead", {}, h("tr", {}, ["ID", "Model", "Status", "Progress", "Created", "Fine-tuned model"].map(function (c) {
+          return h("th", { text: c });
+        }))),
+        body),
+      status));
+    every(3000, async function () {
+      const page = await api.get("/v1/fine_tuning/jobs", { limit: 50 });
+      const progress = await Promise.all(page.data.map(function (job) {
+        return latestMetrics(job).catch(function () { return null; });
+      }));
+      clear(body);
+      if (page.data.length === 0) {
+        body.appendChild(h("tr", {}, h("td", { colspan: 6, class: "empty" },
+          "No jobs yet. ", h("a", { href: "#/files", text: "Upload a dataset" }), ", then ",
+          h("a", { href: "#/new", text: "start a job" }), ".")));
+      }
+      page.data.forEach(function (job, i) {
+        body.appendChild(h("tr", { "data-job-id": job.id },
+          h("td", {}, h("a", { href: "#/jobs/" + job.id, class: "mono", text: job.id })),
+          h("td", { text: job.model }),
+          h("td", {}, badge(job.status)),
+          h("td", {}, progressCell(progress[i], job.status)),
+          h("td", { class: "nowrap", text: when(job.created_at) }),
+          h("td", { class: "mono small" }, job.fine_tuned_model || "\u2013")));
+      });
+      status.textContent = "Refreshed " + new Date().toLocaleTimeString() + " \u00b7 updates every 3 s";
+    });
+  }
+
+  // ---- one job ----------------------------------------------------------------------------
+
+  function jobPage(jobId) {
+    const state = { seen: new Set(), events: [], train: [], valid: [], latest: null, job: null };
+    const header = h("div", { class: "card-head" });
+    const summary = h("div", { class: "summary" });
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("id", "loss-chart");
+    svg.setAttribute("class", "chart");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", "Training and validation loss by step");
+    const details = h("dl", { class: "details" });
+    const hyper = h("dl", { class: "details" });
+    const checkpoints = h("tbody", {});
+    const eventList = h("ol", { class: "events", id: "events" });
+    const showMetrics = h("input", { type: "checkbox", id: "show-metrics", onchange: function () { renderEvents(); } });
+    const errorArea = h("div", {});
+
+    view.appendChild(h("section", { class: "card" }, header, errorArea, summary));
+    view.appendChild(h("div", { class: "grid" },
+      h("section", { class: "card wide" },
+        h("div", { class: "card-head" }, h("h2", { text: "Loss" }),
+          h("div", { class: "legend" },
+            h("span", { class: "swatch train" }), "train loss",
+            h("span", { class: "swatch valid" }), "validation loss")),
+        svg),
+      h("section", { class: "card" }, h("h2", { text: "Details" }), details),
+      h("section", { class: "card" }, h("h2", { text: "Hyperparameters" }), hyper),
+      h("section", { class: "card wide" }, h("h2", { text: "Checkpoints" }),
+        h("table", { class: "table", id: "checkpoints" },
+          h("thead", {}, h("tr", {}, ["Step", "Model", "Train loss", "Valid loss", "Created"].map(function (c) {
+            return h("th", { text: c });
+          }))), checkpoints)),
+      h("section", { class: "card wide" },
+        h("div", { class: "card-head" }, h("h2", { text: "Events" }),
+          h("label", { class: "inline small muted" }, showMetrics, " show metrics events")),
+        eventList)));
+    TunaChart.draw(svg, [], 0);
+
+    function renderHeader(job) {
+      clear(header);
+      const actions = h("div", { class: "actions" });
+      if (!TERMINAL.includes(job.status)) {
+        actions.appendChild(h("button", {
+          type: "button", class: "danger", id: "cancel-job", text: "Cancel job",
+          onclick: async function (e) {
+            if (!confirm("Cancel " + job.id + "?")) return;
+            e.target.disabled = true;
+            try {
+              renderJob(await api.post("/v1/fine_tuning/jobs/" + job.id + "/cancel"));
+              toast("Job cancelled");
+            } catch (err) {
+              toast(err.message, "error");
+              e.target.disabled = false;
+            }
+          },
+        }));
+      }
+      if (job.fine_tuned_model) {
+        actions.appendChild(h("a", {
+          class: "button primary", id: "open-playground",
+          href: "#/playground?model=" + encodeURIComponent(job.fine_tuned_model), text: "Chat with it",
+        }));
+      }
+      header.appendChild(h("div", {},
+        h("a", { href: "#/jobs", class: "small muted", text: "\u2190 All jobs" }),
+        h("h1", {}, h("span", { class: "job-title", text: job.id }), " ", badge(job.status))));
+      header.appendChild(actions);
+    }
+
+    function renderSummary(job) {
+      clear(summary);
+      clear(errorArea);
+      if (job.error && job.error.message) {
+        errorArea.appendChild(errorBox((job.error.code ? job.error.code + ": " : "") + job.error.message));
+      }
+      if (job.fine_tuned_model) {
+        summary.appendChild(h("div", { class: "ft-model" },
+          h("span", { class: "muted", text: "Fine-tuned model" }),
+          h("code", { id: "ft-model", text: job.fine_tuned_model }),
+          copyButton(job.fine_tuned_model)));
+      }
+      const m = state.latest;
+      const total = m && m.total_steps, step = m ? m.step : 0;
+      const pct = total ? Math.min(100, (100 * step) / total) : job.status === "succeeded" ? 100 : 0;
+      let eta = "\u2013";
+      if (job.status === "running" && job.estimated_finish) eta = duration(job.estimated_finish - Date.now() / 1000);
+      summary.appendChild(h("div", { class: "progress-block" },
+        h("div", { class: "track big" }, h("div", { class: "fill status-" + job.status, style: "width:" + pct.toFixed(1) + "%" })),
+        h("div", { class: "stats" },
+          stat("Step", total ? step + " / " + total : "\u2013", "progress-steps"),
+          stat("Train loss", m && m.train_loss !== undefined ? m.train_loss.toFixed(4) : "\u2013"),
+          stat("Valid loss", lastValid()),
+          stat("Tokens/s", m && m.tokens_per_second ? Math.round(m.tokens_per_second).toLocaleString() : "\u2013"),
+          stat("ETA", eta),
+          stat("Trained tokens", job.trained_tokens ? job.trained_tokens.toLocaleString() : "\u2013"))));
+    }
+
+    function lastValid() {
+      const v = state.valid[state.valid.length - 1];
+      return v ? v[1].toFixed(4) : "\u2013";
+    }
+
+    function stat(label, value, id) {
+      return h("div", { class: "stat" }, h("span", { class: "label", text: label }), h("span", { class: "value", id: id, text: value }));
+    }
+
+    function renderDetails(job) {
+      clear(details);
+      const rows = [
+        ["Base model", job.model],
+        ["Training file", job.training_file],
+        ["Validation file", job.validation_file || "\u2013"],
+        ["Suffix", job.user_provided_suffix || "\u2013"],
+        ["Seed", String(job.seed)],
+        ["Created", when(job.created_at)],
+        ["Finished", when(job.finished_at)],
+        ["Result files", (job.result_files || []).join(", ") || "\u2013"],
+      ];
+      rows.forEach(function (r) { details.appendChild(h("dt", { text: r[0] })); details.appendChild(h("dd", { class: "mono-ish", text: r[1] })); });
+      clear(hyper);
+      const hp = Object.assign({}, job.hyperparameters,
+        ((job.method || {}).supervised || {}).hyperparameters || {});
+      Object.keys(hp).forEach(function (k) {
+        hyper.appendChild(h("dt", { text: k }));
+        hyper.appendChild(h("dd", { text: String(hp[k]) }));
+      });
+    }
+
+    function renderJob(job) {
+      state.job = job;
+      renderHeader(job);
+      renderSummary(job);
+      renderDetails(job);
+    }
+
+    function renderEvents() {
+      clear(eventList);
+      const show = showMetrics.checked;
+      for (let i = state.events.length - 1; i >= 0; i--) {
+        const e = state.events[i];
+        if (e.type === "metrics" && !show) continue;
+        eventList.appendChild(h("li", { class: "event level-" + e.level + " type-" + e.type },
+          h("time", { text: when(e.created_at).slice(11) }),
+          h("span", { class: "event-message", text: e.message })));
+      }
+    }
+
+    async function renderCheckpoints() {
+      const page = await api.get("/v1/fine_tuning/jobs/" + jobId + "/checkpoints", { limit: 100 });
+      clear(checkpoints);
+      if (page.data.length === 0) {
+        checkpoints.appendChild(h("tr", {}, h("td", { colspan: 5, class: "empty", text: "None yet: one is saved per epoch." })));
+      }
+      page.data.forEach(function (c) {
+        const m = c.metrics || {};
+        checkpoints.appendChild(h("tr", {},
+          h("td", { text: String(c.step_number) }),
+          h("td", {}, h("code", { text: c.fine_tuned_model_checkpoint }), " ", copyButton(c.fine_tuned_model_checkpoint)),
+          h("td", { text: m.train_loss != null ? m.train_loss.toFixed(4) : "\u2013" }),
+          h("td", { text: m.full_valid_loss != null ? m.full_valid_loss.toFixed(4) : m.valid_loss != null ? m.valid_loss.toFixed(4) : "\u2013" }),
+          h("td", { class: "nowrap", text: when(c.created_at) })));
+      });
+    }
+
+    let checkpointsSeen = -1;
+    let done = false;
+    every(2000, async function () {
+      if (done) return;
+      let job;
+      try {
+        job = await api.get("/v1/fine_tuning/jobs/" + encodeURIComponent(jobId));
+      } catch (err) {
+        clear(errorArea).appendChild(errorBox(err.message));
+        if (err.status === 404) done = true;
+        return;
+      }
+      const fresh = await api.newEvents(jobId, state.seen); // after the job: final events included
+      fresh.forEach(function (e) {
+        state.seen.add(e.id);
+        state.events.push(e);
+        if (e.type === "metrics" && e.data) {
+          const d = e.data;
+          if (d.train_loss !== undefined) state.train.push([d.step, d.train_loss]);
+          if (d.valid_loss !== undefined) state.valid.push([d.step, d.valid_loss]);
+          if (!state.latest || d.step >= state.latest.step) state.latest = d;
+        }
+      });
+      renderJob(job);
+      if (fresh.length) {
+        renderEvents();
+        TunaChart.draw(svg, [
+          { name: "train loss", cls: "train", points: state.train },
+          { name: "validation loss", cls: "valid", points: state.valid, sparse: true },
+        ], state.latest && state.latest.total_steps);
+      }
+      // Checkpoints change once per epoch: re-read them when a message event (e.g.
+      // "Checkpoint created") arrives, and once more at the end.
+      const messages = state.events.filter(function (e) { return e.type !== "metrics"; }).length;
+      if (messages !== checkpointsSeen) {
+        checkpointsSeen = messages;
+        await renderCheckpoints();
+      }
+      if (TERMINAL.includes(job.status)) done = true;
+    });
+  }
+
+  // ---- files ------------------------------------------------------------------------------
+
+  function filesPage() {
+    const fileInput = h("input", { type: "file", id: "upload-file", accept: ".jsonl,.json,.txt", required: true });
+    const purpose = h("select", { id: "upload-purpose" },
+      ["fine-tune", "batch", "user_data", "evals"].map(function (p) { return h("option", { value: p, text: p }); }));
+    const bar = h("div", { class: "fill" });
+    const progress = h("div", { class: "track", hidden: true }, bar);
+    const result = h("div", { id: "upload-result" });
+    const button = h("button", { type: "submit", class: "primary", id: "upload-button", text: "Upload" });
+    const body = h("tbody", {});
+    let showCounts = false;
+
+    const form = h("form", {
+      class: "upload", id: "upload-form",
+      onsubmit: async function (e) {
+        e.preventDefault();
+        const file = fileInput.files[0];
+        if (!file) return;
+        clear(result);
+        button.disabled = true;
+        progress.hidden = false;
+        bar.style.width = "0%";
+        try {
+          const uploaded = await api.upload(file, purpose.value, function (loaded, total) {
+            bar.style.width = ((100 * loaded) / total).toFixed(1) + "%";
+          });
+          const count = uploaded.example_count != null ? ", " + uploaded.example_count + " examples" : "";
+          result.appendChild(h("div", { class: "alert ok", role: "status" },
+            "Uploaded ", h("code", { text: uploaded.id }), " (" + uploaded.filename + ", " + bytes(uploaded.bytes) + ", " + uploaded.status + count + "). ",
+            uploaded.purpose === "fine-tune" ? h("a", { href: "#/new?file=" + encodeURIComponent(uploaded.id), text: "Start a job with it \u2192" }) : null));
+          form.reset();
+          await refresh();
+        } catch (err) {
+          result.appendChild(validationReport(err.message));
+        } finally {
+          button.disabled = false;
+          progress.hidden = true;
+        }
+      },
+    },
+      h("div", { class: "row" },
+        h("label", {}, "Dataset (JSONL)", fileInput),
+        h("label", {}, "Purpose", purpose),
+        button),
+      progress,
+      h("p", { class: "muted small", text: "fine-tune files are checked line by line as they upload: one JSON object per line with \"messages\" (system / user / assistant), at least 10 examples for a job." }));
+
+    const head = h("tr", {});
+    view.appendChild(h("section", { class: "card" }, h("h1", { text: "Files" }), form, result));
+    view.appendChild(h("section", { class: "card" },
+      h("table", { class: "table", id: "files-table" }, h("thead", {}, head), body)));
+
+    async function refresh() {
+      const page = await api.get("/v1/files", { limit: 200 });
+      showCounts = page.data.some(function (f) { return f.example_count !== undefined; });
+      clear(head);
+      ["ID", "Filename", "Purpose", "Size", "Status"].concat(showCounts ? ["Examples"] : [], ["Created", ""]).forEach(function (c) {
+        head.appendChild(h("th", { text: c }));
+      });
+      clear(body);
+      if (page.data.length === 0) {
+        body.appendChild(h("tr", {}, h("td", { colspan: 8, class: "empty", text: "No files yet." })));
+      }
+      page.data.forEach(function (f) {
+        body.appendChild(h("tr", { "data-file-id": f.id },
+          h("td", { class: "mono", text: f.id }),
+          h("td", { text: f.filename }),
+          h("td", { text: f.purpose }),
+          h("td", { class: "nowrap", text: bytes(f.bytes) }),
+          h("td", {}, badge(f.status), f.status_details ? h("div", { class: "small muted", text: f.status_details }) : null),
+          showCounts ? h("td", { text: f.example_count != null ? String(f.example_count) : "\u2013" }) : null,
+          h("td", { class: "nowrap", text: when(f.created_at) }),
+          h("td", {}, h("button", {
+            type: "button", class: "link danger-text", text: "Delete",
+            onclick: async function () {
+              if (!confirm("Delete " + f.id + "?")) return;
+              try { await api.del("/v1/files/" + f.id); await refresh(); } catch (err) { toast(err.message, "error"); }
+            },
+          }))));
+      });
+    }
+    refresh().catch(function (err) { result.appendChild(errorBox(err.message)); });
+  }
+
+  // ---- new job ----------------------------------------------------------------------------
+
+  function newJobPage(params) {
+    const model = h("select", { id: "job-model", name: "model", required: true });
+    const training = h("select", { id: "job-training-file", name: "training_file", required: true });
+    const validation = h("select", { id: "job-validation-file", name: "validation_file" });
+    const suffix = h("input", { id: "job-suffix", name: "suffix", maxlength: 64, placeholder: "optional" });
+    const epochs = h("input", { id: "job-epochs", type: "number", min: 1, max: 50, placeholder: "auto" });
+    const batch = h("input", { id: "job-batch-size", type: "number", min: 1, max: 256, placeholder: "auto" });
+    const lr = h("input", { id: "job-lr", type: "number", min: 0, step: "any", placeholder: "auto" });
+    const seed = h("input", { id: "job-seed", type: "number", min: 0, placeholder: "random" });
+    const trainingType = h("select", { id: "job-training-type" },
+      h("option", { value: "lora", text: "LoRA (adapter)" }), h("option", { value: "full", text: "Full fine-tuning" }));
+    const message = h("div", {});
+    const submit = h("button", { type: "submit", class: "primary", id: "create-job", text: "Start job" });
+
+    const form = h("form", {
+      class: "card form", id: "new-job-form",
+      onsubmit: async function (e) {
+        e.preventDefault();
+        clear(message);
+        const body = { model: model.value, training_file: training.value };
+        if (validation.value) body.validation_file = validation.value;
+        if (suffix.value.trim()) body.suffix = suffix.value.trim();
+        if (seed.value !== "") body.seed = Number(seed.value);
+        const hp = {};
+        if (epochs.value !== "") hp.n_epochs = Number(epochs.value);
+        if (batch.value !== "") hp.batch_size = Number(batch.value);
+        if (lr.value !== "") hp.learning_rate_multiplier = Number(lr.value);
+        if (trainingType.value === "full") hp.training_type = "full";
+        if (Object.keys(hp).length) body.method = { type: "supervised", supervised: { hyperparameters: hp } };
+        submit.disabled = true;
+        try {
+          const job = await api.post("/v1/fine_tuning/jobs", body);
+          location.hash = "#/jobs/" + job.id;
+        } catch (err) {
+          message.appendChild(errorBox(err.message));
+          submit.disabled = false;
+        }
+      },
+    },
+      h("h1", { text: "New fine-tuning job" }),
+      h("div", { class: "form-grid" },
+        h("label", {}, "Base model", model),
+        h("label", {}, "Training file", training),
+        h("label", {}, "Validation file", validation),
+        h("label", {}, "Suffix (in the ft: model id)", suffix)),
+      h("h2", { text: "Hyperparameters" }),
+      h("div", { class: "form-grid four" },
+        h("label", {}, "Epochs", epochs),
+        h("label", {}, "Batch size", batch),
+        h("label", {}, "Learning rate multiplier", lr),
+        h("label", {}, "Seed", seed),
+        h("label", {}, "Method", trainingType)),
+      message,
+      h("div", { class: "actions" }, submit));
+    view.appendChild(form);
+
+    Promise.all([api.get("/v1/models"), api.get("/v1/files", { purpose: "fine-tune", limit: 200 })]).then(function (res) {
+      const models = res[0].data, files = res[1].data;
+      models.forEach(function (m) { model.appendChild(h("option", { value: m.id, text: m.id })); });
+      if (files.length === 0) {
+        message.appendChild(h("div", { class: "alert" }, "No training files yet. ", h("a", { href: "#/files", text: "Upload one first." })));
+      }
+      validation.appendChild(h("option", { value: "", text: "(none)" }));
+      files.forEach(function (f) {
+        const label = f.id + " \u2014 " + f.filename;
+        training.appendChild(h("option", { value: f.id, text: label }));
+        validation.appendChild(h("option", { value: f.id, text: label }));
+      });
+      if (params.get("file")) training.value = params.get("file");
+      if (params.get("model")) model.value = params.get("model");
+    }).catch(function (err) { message.appendChild(errorBox(err.message)); });
+  }
+
+  // ---- playground -------------------------------------------------------------------------
+
+  function playgroundPage(params) {
+    const model = h("select", { id: "pg-model" });
+    const system = h("textarea", { id: "pg-system", rows: 2, placeholder: "System message (optional)" });
+    const maxTokens = h("input", { id: "pg-max-tokens", type: "number", min: 1, value: 256 });
+    const temperature = h("input", { id: "pg-temperature", type: "number", min: 0, max: 2, step: 0.1, value: 0.7 });
+    const transcript = h("div", { class: "transcript", id: "transcript" });
+    const input = h("textarea", { id: "pg-input", rows: 2, placeholder: "Say something\u2026 (Enter to send, Shift+Enter for a new line)" });
+    const send = h("button", { type: "submit", class: "primary", id: "pg-send", text: "Send" });
+    const stop = h("button", { type: "button", id: "pg-stop", text: "Stop", hidden: true });
+    const reset = h("button", { type: "button", class: "link", text: "Clear", onclick: function () { history = []; clear(transcript); } });
+    let history = [];
+    let controller = null;
+
+    input.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
+    });
+    stop.addEventListener("click", function () { if (controller) controller.abort(); });
+
+    function bubble(role, text) {
+      const content = h("div", { class: "content", text: text });
+      const node = h("div", { class: "msg " + role }, h("div", { class: "role", text: role }), content);
+      transcript.appendChild(node);
+      transcript.scrollTop = transcript.scrollHeight;
+      return { node: node, content: content };
+    }
+
+    const form = h("form", {
+      class: "composer", id: "pg-form",
+      onsubmit: async function (e) {
+        e.preventDefault();
+        const text = input.value.trim();
+        if (!text || controller) return;
+        input.value = "";
+        bubble("user", text);
+        history.push({ role: "user", content: text });
+        const reply = bubble("assistant", "");
+        reply.node.classList.add("streaming");
+        const messages = (system.value.trim() ? [{ role: "system", content: system.value.trim() }] : []).concat(history);
+        const body = { model: model.value, messages: messages };
+        if (maxTokens.value) body.max_tokens = Number(maxTokens.value);
+        if (temperature.value !== "") body.temperature = Number(temperature.value);
+        controller = new AbortController();
+        send.disabled = true;
+        stop.hidden = false;
+        let answer = "";
+        try {
+          await api.streamChat(body, function (chunk) {
+            (chunk.choices || []).forEach(function (c) {
+              if (c.delta && c.delta.content) {
+                answer += c.delta.content;
+                reply.content.textContent = answer;
+                transcript.scrollTop = transcript.scrollHeight;
+              }
+              if (c.finish_reason) reply.node.dataset.finishReason = c.finish_reason;
+            });
+          }, controller.signal);
+          history.push({ role: "assistant", content: answer });
+        } catch (err) {
+          history.pop();
+          reply.node.classList.add("error");
+          reply.content.textContent = err.message;
+        } finally {
+          reply.node.classList.remove("streaming");
+          reply.node.dataset.done = "true";
+          controller = null;
+          send.disabled = false;
+          stop.hidden = true;
+          input.focus();
+        }
+      },
+    }, input, h("div", { class: "composer-actions" }, reset, stop, send));
+
+    view.appendChild(h("section", { class: "card playground" },
+      h("div", { class: "card-head" }, h("h1", { text: "Playground" })),
+      h("div", { class: "form-grid four" },
+        h("label", { class: "span2" }, "Model", model),
+        h("label", {}, "Max tokens", maxTokens),
+        h("label", {}, "Temperature", temperature)),
+      system, transcript, form));
+
+    api.get("/v1/models").then(function (res) {
+      const ids = res.data.map(function (m) { return m.id; });
+      const wanted = params.get("model");
+      if (wanted && ids.indexOf(wanted) === -1) ids.unshift(wanted);
+      ids.forEach(function (id) { model.appendChild(h("option", { value: id, text: id })); });
+      if (wanted) model.value = wanted;
+    }).catch(function (err) { transcript.appendChild(errorBox(err.message)); });
+  }
+
+  route();
+})();

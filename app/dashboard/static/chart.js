@@ -1,0 +1,121 @@
+/* A small SVG line chart for loss curves: no library, redrawn whole on every update. */
+"use strict";
+
+(function () {
+  const SVG = "http://www.w3.org/2000/svg";
+  const W = 960;
+  const H = 320;
+  const PAD = { left: 56, right: 16, top: 16, bottom: 36 };
+
+  function el(name, attrs, text) {
+    const node = document.createElementNS(SVG, name);
+    Object.keys(attrs || {}).forEach(function (k) {
+      node.setAttribute(k, attrs[k]);
+    });
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  // Round numbers for axis ticks (1, 2, 5 x 10^n).
+  function niceTicks(min, max, count) {
+    if (!(max > min)) return [min];
+    const raw = (max - min) / count;
+    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const step = [1, 2, 5, 10].map(function (m) {
+      return m * mag;
+    }).find(function (s) {
+      return s >= raw;
+    });
+    const ticks = [];
+    for (let v = Math.ceil(min / step) * step; v <= max + step * 1e-9; v += step) ticks.push(v);
+    return ticks;
+  }
+
+  function formatTick(v) {
+    if (v === 0) return "0";
+    const a = Math.abs(v);
+    if (a >= 1000) return v.toFixed(0);
+    if (a >= 10) return v.toFixed(1);
+    if (a >= 1) return v.toFixed(2);
+    return v.toPrecision(2);
+  }
+
+  /**
+   * Draw `series` ([{name, cls, points: [[step, value], ...]}]) into `svg`, x from 1 to
+   * `totalSteps` (or the last step seen). The svg carries `data-points-<cls>` counts, which is
+   * what tests read to see the curve grow.
+   */
+  function draw(svg, series, totalSteps) {
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+
+    const all = [];
+    series.forEach(function (s) {
+      svg.setAttribute("data-points-" + s.cls, String(s.points.length));
+      s.points.forEach(function (p) {
+        if (Number.isFinite(p[1])) all.push(p);
+      });
+    });
+    const plotW = W - PAD.left - PAD.right;
+    const plotH = H - PAD.top - PAD.bottom;
+    if (all.length === 0) {
+      svg.appendChild(
+        el("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "chart-empty" },
+          "Waiting for the first training step\u2026")
+      );
+      return;
+    }
+    const maxStep = Math.max(totalSteps || 0, Math.max.apply(null, all.map(function (p) {
+      return p[0];
+    })), 2);
+    let lo = Math.min.apply(null, all.map(function (p) { return p[1]; }));
+    let hi = Math.max.apply(null, all.map(function (p) { return p[1]; }));
+    if (hi - lo < 1e-9) {
+      lo -= 0.5;
+      hi += 0.5;
+    }
+    const margin = (hi - lo) * 0.08;
+    lo = Math.max(0, lo - margin);
+    hi += margin;
+
+    const x = function (step) {
+      return PAD.left + ((step - 1) / (maxStep - 1)) * plotW;
+    };
+    const y = function (v) {
+      return PAD.top + (1 - (v - lo) / (hi - lo)) * plotH;
+    };
+
+    const grid = el("g", { class: "chart-grid" });
+    niceTicks(lo, hi, 4).forEach(function (t) {
+      grid.appendChild(el("line", { x1: PAD.left, x2: W - PAD.right, y1: y(t), y2: y(t) }));
+      grid.appendChild(el("text", { x: PAD.left - 8, y: y(t) + 4, "text-anchor": "end" }, formatTick(t)));
+    });
+    niceTicks(1, maxStep, 6).forEach(function (t) {
+      if (t < 1) return;
+      grid.appendChild(el("line", { x1: x(t), x2: x(t), y1: PAD.top, y2: H - PAD.bottom, class: "v" }));
+      grid.appendChild(el("text", { x: x(t), y: H - PAD.bottom + 16, "text-anchor": "middle" }, String(t)));
+    });
+    grid.appendChild(el("text", { x: PAD.left + plotW / 2, y: H - 4, "text-anchor": "middle", class: "axis-label" }, "step"));
+    svg.appendChild(grid);
+
+    series.forEach(function (s) {
+      const pts = s.points.filter(function (p) { return Number.isFinite(p[1]); });
+      if (pts.length === 0) return;
+      const g = el("g", { class: "series " + s.cls });
+      g.appendChild(el("polyline", {
+        points: pts.map(function (p) { return x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1); }).join(" "),
+      }));
+      // Dots (with a tooltip) only while they stay readable.
+      if (pts.length <= 120 || s.sparse) {
+        pts.forEach(function (p) {
+          const dot = el("circle", { cx: x(p[0]), cy: y(p[1]), r: s.sparse ? 3.5 : 2.5 });
+          dot.appendChild(el("title", {}, s.name + " at step " + p[0] + ": " + p[1].toFixed(4)));
+          g.appendChild(dot);
+        });
+      }
+      svg.appendChild(g);
+    });
+  }
+
+  window.TunaChart = { draw: draw };
+})();

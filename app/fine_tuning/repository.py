@@ -1,0 +1,207 @@
+"""Queries and inserts for jobs, events, checkpoints and fine-tuned models.
+
+Shared by the API and the worker: every method takes plain values and works on any `Session`
+(no request objects), flushes so that ids and `seq` exist at once, and never commits; the caller's
+edge (request dependency or task wrapper) does. Status changes are not here: they go through
+`app.fine_tuning.state.transition`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Text, cast, or_, select
+from sqlalchemy.orm import Session
+
+from app.ids import new_id
+from app.orm import FineTunedModel, FineTuningCheckpoint, FineTuningEvent, FineTuningJob
+from app.orm.base import utcnow
+from app.pagination import Page, paginate
+
+JOB_PREFIX = "ftjob-"
+EVENT_PREFIX = "ftevent-"
+CHECKPOINT_PREFIX = "ftckpt_"
+
+
+class FineTuningRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # Jobs ---------------------------------------------------------------------------------
+
+    def add_job(self, job: FineTuningJob) -> FineTuningJob:
+        self.session.add(job)
+        self.session.flush()
+        return job
+
+    def get_job(self, job_id: str, *, project_id: str | None = None) -> FineTuningJob | None:
+        """The job, or None; with `project_id`, another project's job is None too."""
+        stmt = select(FineTuningJob).where(FineTuningJob.id == job_id)
+        if project_id is not None:
+            stmt = stmt.where(FineTuningJob.project_id == project_id)
+        return self.session.scalar(stmt)
+
+    def refresh_job(self, job: FineTuningJob) -> FineTuningJob:
+        """Re-read the row (another transaction, e.g. the worker, may have moved it)."""
+        self.session.refresh(job)
+        return job
+
+    def list_jobs(
+        self,
+        project_id: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        metadata_is_null: bool = False,
+        after: FineTuningJob | None = None,
+        limit: int = 20,
+    ) -> Page[FineTuningJob]:
+        """Newest first. `metadata` keeps jobs whose metadata has every given pair."""
+        stmt = select(FineTuningJob).where(FineTuningJob.project_id == project_id)
+        column = FineTuningJob.metadata_
+        if metadata_is_null:
+            # A JSON column may hold SQL NULL or the JSON literal null; both mean "none".
+            stmt = stmt.where(or_(column.is_(None), cast(column, Text) == "null"))
+        for key, value in (metadata or {}).items():
+            stmt = stmt.where(column[key].as_string() == value)
+        return paginate(
+            self.session,
+            stmt,
+            created_at=FineTuningJob.created_at,
+            id_column=FineTuningJob.id,
+            after=after,
+            limit=limit,
+        )
+
+    # Events -------------------------------------------------------------------------------
+
+    def add_event(
+        self,
+        job_id: str,
+        message: str,
+        *,
+        level: str = "info",
+        type: str = "message",
+        data: dict[str, Any] | None = None,
+        created_at: datetime | None = None,
+    ) -> FineTuningEvent:
+        """Append one event; flushed at once so `seq` follows the order of calls."""
+        event = FineTuningEvent(
+            id=new_id(EVENT_PREFIX),
+            job_id=job_id,
+            created_at=created_at or utcnow(),
+            level=level,
+            message=message,
+            type=type,
+            data=data,
+        )
+        self.session.add(event)
+        self.session.flush()
+        return event
+
+    def add_metrics_event(
+        self, job_id: str, message: str, metrics: dict[str, Any]
+    ) -> FineTuningEvent:
+        """A `type: "metrics"` event, as OpenAI sends one per logged step."""
+        return self.add_event(job_id, message, type="metrics", data=metrics)
+
+    def get_event(self, job_id: str, event_id: str) -> FineTuningEvent | None:
+        return self.session.scalar(
+            select(FineTuningEvent).where(
+                FineTuningEvent.job_id == job_id, FineTuningEvent.id == event_id
+            )
+        )
+
+    def list_events(
+        self, job_id: str, *, after: FineTuningEvent | None = None, limit: int = 20
+    ) -> Page[FineTuningEvent]:
+        """Newest first by `seq` (timestamps can tie; `seq` cannot)."""
+        stmt = select(FineTuningEvent).where(FineTuningEvent.job_id == job_id)
+        if after is not None:
+            stmt = stmt.where(FineTuningEvent.seq < after.seq)
+        stmt = stmt.order_by(FineTuningEvent.seq.desc()).limit(limit + 1)
+        rows = list(self.session.scalars(stmt))
+        return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+    # Checkpoints --------------------------------------------------------------------------
+
+    def add_checkpoint(
+        self,
+        *,
+        job_id: str,
+        project_id: str,
+        step_number: int,
+        fine_tuned_model_checkpoint: str,
+        metrics: dict[str, Any],
+        storage_key: str,
+    ) -> FineTuningCheckpoint:
+        checkpoint = FineTuningCheckpoint(
+            id=new_id(CHECKPOINT_PREFIX),
+            job_id=job_id,
+            project_id=project_id,
+            step_number=step_number,
+            fine_tuned_model_checkpoint=fine_tuned_model_checkpoint,
+            metrics=metrics,
+            storage_key=storage_key,
+            created_at=utcnow(),
+        )
+        self.session.add(checkpoint)
+        self.session.flush()
+        return checkpoint
+
+    def get_checkpoint(self, job_id: str, checkpoint_id: str) -> FineTuningCheckpoint | None:
+        return self.session.scalar(
+            select(FineTuningCheckpoint).where(
+                FineTuningCheckpoint.job_id == job_id, FineTuningCheckpoint.id == checkpoint_id
+            )
+        )
+
+    def list_checkpoints(
+        self, job_id: str, *, after: FineTuningCheckpoint | None = None, limit: int = 10
+    ) -> Page[FineTuningCheckpoint]:
+        """Newest (highest step) first."""
+        return paginate(
+            self.session,
+            select(FineTuningCheckpoint).where(FineTuningCheckpoint.job_id == job_id),
+            created_at=FineTuningCheckpoint.step_number,
+            id_column=FineTuningCheckpoint.id,
+            after=after,
+            limit=limit,
+        )
+
+    def delete_checkpoint(self, checkpoint: FineTuningCheckpoint) -> None:
+        """For pruning to the last N; its `ft:...:ckpt-step-N` model row goes with it."""
+        model = self.session.get(FineTunedModel, checkpoint.fine_tuned_model_checkpoint)
+        if model is not None:
+            self.session.delete(model)
+        self.session.delete(checkpoint)
+        self.session.flush()
+
+    # Fine-tuned models --------------------------------------------------------------------
+
+    def add_model(
+        self,
+        *,
+        model_id: str,
+        project_id: str,
+        job_id: str,
+        base_model: str,
+        training_type: str,
+        storage_key: str,
+        checkpoint_step: int | None = None,
+    ) -> FineTunedModel:
+        """Register a callable `ft:` id (a final model, or a checkpoint when `checkpoint_step`)."""
+        model = FineTunedModel(
+            id=model_id,
+            project_id=project_id,
+            job_id=job_id,
+            base_model=base_model,
+            training_type=training_type,
+            checkpoint_step=checkpoint_step,
+            storage_key=storage_key,
+            created_at=utcnow(),
+        )
+        self.session.add(model)
+        self.session.flush()
+        return model

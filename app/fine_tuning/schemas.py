@@ -1,0 +1,201 @@
+"""Wire shapes of the fine-tuning API, field for field as OpenAI's (`openai.types.fine_tuning`).
+
+Response models are built from ORM rows by `of(...)`; the create request is only typed loosely
+here (nested objects stay plain dicts) because `service.validate_create` checks the values and
+names the exact `param` of a bad one, which pydantic's union error locations cannot do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from app.fine_tuning import hyperparameters as hp
+from app.orm import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
+from app.orm.base import unix
+
+Status = Literal[
+    "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"
+]
+AutoInt = int | Literal["auto"]
+AutoFloat = float | Literal["auto"]
+
+
+class CreateFineTuningJobRequest(BaseModel):
+    """`POST /v1/fine_tuning/jobs`; unknown top-level keys are refused, like OpenAI does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    suffix: str | None = None
+    seed: int | None = None
+    method: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] | None = None
+    integrations: list[Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class JobError(BaseModel):
+    code: str | None
+    message: str | None
+    param: str | None
+
+
+class Hyperparameters(BaseModel):
+    batch_size: AutoInt
+    learning_rate_multiplier: AutoFloat
+    n_epochs: AutoInt
+
+
+class SupervisedHyperparameters(Hyperparameters):
+    """OpenAI's three plus Tuna's extensions (ignored by OpenAI's SDK, shown to every client)."""
+
+    training_type: Literal["lora", "full"]
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+
+
+class SupervisedMethod(BaseModel):
+    hyperparameters: SupervisedHyperparameters
+
+
+class Method(BaseModel):
+    type: Literal["supervised"] = "supervised"
+    supervised: SupervisedMethod
+
+
+class FineTuningJobObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None
+    estimated_finish: int | None
+    # null while there is no error: OpenAI's spec makes `error` nullable with `code` and
+    # `message` required strings, so an object of nulls would not match it.
+    error: JobError | None
+    fine_tuned_model: str | None
+    hyperparameters: Hyperparameters
+    method: Method
+    model: str
+    organization_id: str
+    result_files: list[str]
+    status: Status
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    seed: int
+    integrations: list[Any] | None
+    metadata: dict[str, str] | None
+    user_provided_suffix: str | None
+
+    @classmethod
+    def of(cls, job: FineTuningJob, organization_id: str) -> FineTuningJobObject:
+        values = hp.shown(job.hyperparameters, job.resolved_hyperparameters)
+        error = None
+        if job.error_code or job.error_message:
+            error = JobError(code=job.error_code, message=job.error_message, param=job.error_param)
+        return cls(
+            id=job.id,
+            created_at=unix(job.created_at) or 0,
+            finished_at=unix(job.finished_at),
+            estimated_finish=unix(job.estimated_finish),
+            error=error,
+            fine_tuned_model=job.fine_tuned_model,
+            hyperparameters=Hyperparameters(**{k: values[k] for k in hp.STANDARD_KEYS}),
+            method=Method(
+                supervised=SupervisedMethod(
+                    hyperparameters=SupervisedHyperparameters(
+                        **{k: values[k] for k in hp.KNOWN_KEYS}
+                    )
+                )
+            ),
+            model=job.model,
+            organization_id=organization_id,
+            result_files=list(job.result_files or []),
+            status=job.status,  # type: ignore[arg-type]
+            trained_tokens=job.trained_tokens,
+            training_file=job.training_file,
+            validation_file=job.validation_file,
+            seed=job.seed,
+            integrations=job.integrations,
+            metadata=job.metadata_,
+            user_provided_suffix=job.suffix,
+        )
+
+
+class FineTuningJobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobObject]
+    has_more: bool
+
+
+class FineTuningJobEventObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    data: dict[str, Any] | None
+    type: Literal["message", "metrics"]
+
+    @classmethod
+    def of(cls, event: FineTuningEvent) -> FineTuningJobEventObject:
+        return cls(
+            id=event.id,
+            created_at=unix(event.created_at) or 0,
+            level=event.level,  # type: ignore[arg-type]
+            message=event.message,
+            data=event.data,
+            type=event.type,  # type: ignore[arg-type]
+        )
+
+
+class FineTuningJobEventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobEventObject]
+    has_more: bool
+
+
+class CheckpointMetrics(BaseModel):
+    step: float | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+
+
+class FineTuningJobCheckpointObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int
+
+    @classmethod
+    def of(cls, checkpoint: FineTuningCheckpoint) -> FineTuningJobCheckpointObject:
+        known = CheckpointMetrics.model_fields
+        metrics = {k: v for k, v in (checkpoint.metrics or {}).items() if k in known}
+        return cls(
+            id=checkpoint.id,
+            created_at=unix(checkpoint.created_at) or 0,
+            fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
+            fine_tuning_job_id=checkpoint.job_id,
+            metrics=CheckpointMetrics(**metrics),
+            step_number=checkpoint.step_number,
+        )
+
+
+class FineTuningJobCheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobCheckpointObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

@@ -1,0 +1,376 @@
+"""Fine-tuning jobs: create (checked, then enqueued after commit), read, cancel, pause, resume.
+
+Every status change goes through `state.transition`, so a request racing the worker (a cancel
+landing as the job finishes) ends in exactly one consistent state; the loser gets a 400 that
+names the status it found.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.catalog.base_models import find_base_model
+from app.config import Settings
+from app.db import after_commit
+from app.errors import InvalidRequest, NotFound
+from app.files.repository import FileRepository
+from app.fine_tuning import hyperparameters as hp
+from app.fine_tuning.queue import JobQueue
+from app.fine_tuning.repository import JOB_PREFIX, FineTuningRepository
+from app.fine_tuning.schemas import CreateFineTuningJobRequest
+from app.fine_tuning.state import JobStatus, sources_of, transition
+from app.ids import new_id
+from app.orm import FineTuningCheckpoint, FineTuningEvent, FineTuningJob, Project
+from app.orm.base import utcnow
+from app.pagination import Page
+
+logger = logging.getLogger("tuna.fine_tuning")
+
+SUFFIX_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_SEED = 2_147_483_647
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+METHOD_TYPES = ("supervised", "dpo", "reinforcement")
+SUPPORTED_METHODS = ("supervised",)
+FINE_TUNE_PURPOSE = "fine-tune"
+# A status change can lose a race to another writer and still be allowed from the new status
+# (running -> paused while we cancel); a few tries settle it.
+_TRANSITION_TRIES = 3
+
+
+@dataclass(frozen=True)
+class ValidatedJob:
+    """A create request after every check that needs no database."""
+
+    suffix: str | None
+    seed: int
+    hyperparameters: dict[str, Any]
+    metadata: dict[str, str] | None
+    integrations: list[Any] | None
+
+
+class FineTuningService:
+    def __init__(self, session: Session, settings: Settings, queue: JobQueue) -> None:
+        self.session = session
+        self.settings = settings
+        self.queue = queue
+        self.jobs = FineTuningRepository(session)
+        self.files = FileRepository(session)
+
+    # Create -------------------------------------------------------------------------------
+
+    def create(self, project: Project, request: CreateFineTuningJobRequest) -> FineTuningJob:
+        checked = validate_create(request)
+        base = find_base_model(self.settings, request.model)
+        if base is None:
+            raise InvalidRequest(
+                f"The model '{request.model}' does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        self._check_file(project, request.training_file, "training_file")
+        if request.validation_file is not None:
+            self._check_file(project, request.validation_file, "validation_file")
+
+        job = self.jobs.add_job(
+            FineTuningJob(
+                id=new_id(JOB_PREFIX),
+                project_id=project.id,
+                model=base.name,
+                training_file=request.training_file,
+                validation_file=request.validation_file,
+                suffix=checked.suffix,
+                seed=checked.seed,
+                method_type="supervised",
+                hyperparameters=checked.hyperparameters,
+                status=JobStatus.VALIDATING_FILES.value,
+                result_files=[],
+                metadata_=checked.metadata,
+                integrations=checked.integrations,
+                created_at=utcnow(),
+            )
+        )
+        self.jobs.add_event(job.id, f"Created fine-tuning job: {job.id}")
+        for integration in checked.integrations or []:
+            self.jobs.add_event(
+                job.id,
+                f"Integration '{integration.get('type')}' is not supported by this server "
+                "and will be ignored.",
+                level="warn",
+            )
+        self.jobs.add_event(job.id, f"Validating training file: {job.training_file}")
+        if job.validation_file:
+            self.jobs.add_event(job.id, f"Validating validation file: {job.validation_file}")
+        self._enqueue_after_commit(job.id)
+        return job
+
+    def _check_file(self, project: Project, file_id: str, param: str) -> None:
+        # Another project's file is looked up with this project's id, so it is exactly as
+        # absent as a file that never existed.
+        row = self.files.get(project.id, file_id, now=utcnow())
+        if row is None:
+            raise InvalidRequest(
+                f"Invalid {param}: {file_id}. The file does not exist.",
+                param=param,
+                code="file_not_found",
+            )
+        if row.purpose != FINE_TUNE_PURPOSE:
+            raise InvalidRequest(
+                f"Invalid {param}: {file_id}. The file has purpose '{row.purpose}', but files "
+                f"for fine-tuning must be uploaded with purpose '{FINE_TUNE_PURPOSE}'.",
+                param=param,
+                code="invalid_file_purpose",
+            )
+        if row.status != "processed":
+            raise InvalidRequest(
+                f"Invalid {param}: {file_id}. The file is not ready (status '{row.status}').",
+                param=param,
+                code="file_not_ready",
+            )
+
+    def _enqueue_after_commit(self, job_id: str) -> None:
+        queue = self.queue
+
+        def enqueue() -> None:
+            # The row is committed; a broker hiccup must not turn the request into a 500.
+            # The job waits in its status and a starting worker re-enqueues such jobs.
+            try:
+                queue.enqueue(job_id)
+            except Exception:
+                logger.exception("could not enqueue %s; a worker will pick it up on start", job_id)
+
+        after_commit(self.session, enqueue)
+
+    # Read ---------------------------------------------------------------------------------
+
+    def get(self, project: Project, job_id: str, *, param: str = "id") -> FineTuningJob:
+        job = self.jobs.get_job(job_id, project_id=project.id)
+        if job is None:
+            raise NotFound(f"No such fine-tuning job: {job_id}", param=param)
+        return job
+
+    def list(
+        self,
+        project: Project,
+        *,
+        after: str | None,
+        limit: int,
+        metadata: Mapping[str, str] | None = None,
+        metadata_is_null: bool = False,
+    ) -> Page[FineTuningJob]:
+        cursor = self.get(project, after, param="after") if after else None
+        return self.jobs.list_jobs(
+            project.id,
+            metadata=metadata,
+            metadata_is_null=metadata_is_null,
+            after=cursor,
+            limit=limit,
+        )
+
+    def list_events(
+        self, project: Project, job_id: str, *, after: str | None, limit: int
+    ) -> Page[FineTuningEvent]:
+        job = self.get(project, job_id)
+        cursor = None
+        if after:
+            cursor = self.jobs.get_event(job.id, after)
+            if cursor is None:
+                raise NotFound(f"No such fine-tuning event: {after}", param="after")
+        return self.jobs.list_events(job.id, after=cursor, limit=limit)
+
+    def list_checkpoints(
+        self, project: Project, job_id: str, *, after: str | None, limit: int
+    ) -> Page[FineTuningCheckpoint]:
+        job = self.get(project, job_id)
+        cursor = None
+        if after:
+            cursor = self.jobs.get_checkpoint(job.id, after)
+            if cursor is None:
+                raise NotFound(f"No such fine-tuning checkpoint: {after}", param="after")
+        return self.jobs.list_checkpoints(job.id, after=cursor, limit=limit)
+
+    # Status changes -----------------------------------------------------------------------
+
+    def cancel(self, project: Project, job_id: str) -> FineTuningJob:
+        job = self.get(project, job_id)
+        self._move(job, JobStatus.CANCELLED, "cancel", finished_at=utcnow(), estimated_finish=None)
+        self.jobs.add_event(job.id, "Fine-tuning job cancelled")
+        return job
+
+    def pause(self, project: Project, job_id: str) -> FineTuningJob:
+        job = self.get(project, job_id)
+        self._move(job, JobStatus.PAUSED, "pause", only_from={JobStatus.QUEUED, JobStatus.RUNNING})
+        self.jobs.add_event(job.id, "Fine-tuning job paused")
+        return job
+
+    def resume(self, project: Project, job_id: str) -> FineTuningJob:
+        job = self.get(project, job_id)
+        self._move(job, JobStatus.QUEUED, "resume", only_from={JobStatus.PAUSED})
+        self.jobs.add_event(job.id, "Fine-tuning job resumed")
+        self._enqueue_after_commit(job.id)
+        return job
+
+    def _move(
+        self,
+        job: FineTuningJob,
+        target: JobStatus,
+        action: str,
+        *,
+        only_from: set[JobStatus] | None = None,
+        **values: Any,
+    ) -> None:
+        sources = sources_of(target)
+        if only_from is not None:
+            sources &= frozenset(only_from)
+        for _ in range(_TRANSITION_TRIES):
+            if transition(self.session, job.id, target, only_from=sources, **values):
+                return
+            self.jobs.refresh_job(job)
+            if job.status not in sources:
+                break
+        raise InvalidRequest(
+            f"Cannot {action} fine-tuning job {job.id}: its status is '{job.status}'.",
+            param="id",
+            code="invalid_job_status",
+        )
+
+
+def validate_create(request: CreateFineTuningJobRequest) -> ValidatedJob:
+    """Every check on a create request that needs no database; raises `InvalidRequest`."""
+    suffix = request.suffix
+    if suffix is not None and not SUFFIX_PATTERN.fullmatch(suffix):
+        raise InvalidRequest(
+            "Invalid value for 'suffix': it must be 1 to 64 characters of letters, digits, "
+            "'-' and '_'.",
+            param="suffix",
+        )
+    seed = request.seed
+    if seed is None:
+        seed = secrets.randbelow(MAX_SEED + 1)
+    elif not 0 <= seed <= MAX_SEED:
+        raise InvalidRequest(
+            f"Invalid value for 'seed': it must be between 0 and {MAX_SEED}, got {seed}.",
+            param="seed",
+        )
+    return ValidatedJob(
+        suffix=suffix,
+        seed=seed,
+        hyperparameters=_hyperparameters(request.method, request.hyperparameters),
+        metadata=_metadata(request.metadata),
+        integrations=_integrations(request.integrations),
+    )
+
+
+def _hyperparameters(
+    method: dict[str, Any] | None, legacy: dict[str, Any] | None
+) -> dict[str, Any]:
+    prefix = "method.supervised.hyperparameters"
+    method_values: dict[str, Any] = {}
+    if method is not None:
+        kind = method.get("type")
+        if kind is None:
+            raise InvalidRequest("Missing required parameter: 'method.type'.", param="method.type")
+        if kind not in METHOD_TYPES:
+            raise InvalidRequest(
+                f"Invalid value for 'method.type': expected one of {', '.join(METHOD_TYPES)}, "
+                f"got {kind!r}.",
+                param="method.type",
+            )
+        if kind not in SUPPORTED_METHODS:
+            raise InvalidRequest(
+                f"The fine-tuning method '{kind}' is not supported yet; use 'supervised'.",
+                param="method.type",
+                code="unsupported_method",
+            )
+        _no_unknown_keys(method, {"type", "supervised"}, "method")
+        supervised = method.get("supervised")
+        if supervised is not None:
+            if not isinstance(supervised, dict):
+                raise InvalidRequest(
+                    "Invalid value for 'method.supervised': expected an object.",
+                    param="method.supervised",
+                )
+            _no_unknown_keys(supervised, {"hyperparameters"}, "method.supervised")
+            method_values = hp.parse(supervised.get("hyperparameters"), prefix)
+    legacy_values = hp.parse(legacy, "hyperparameters")
+    return hp.merge(method_values, legacy_values, method_prefix=prefix)
+
+
+def _no_unknown_keys(value: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+    for key in value:
+        if key not in allowed:
+            raise InvalidRequest(f"Unknown parameter: '{prefix}.{key}'.", param=f"{prefix}.{key}")
+
+
+def _metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise InvalidRequest(
+            f"Invalid 'metadata': at most {MAX_METADATA_PAIRS} pairs are allowed, "
+            f"got {len(metadata)}.",
+            param="metadata",
+        )
+    for key, value in metadata.items():
+        if not 1 <= len(key) <= MAX_METADATA_KEY:
+            raise InvalidRequest(
+                f"Invalid 'metadata': keys must be 1 to {MAX_METADATA_KEY} characters, "
+                f"got {len(key)}.",
+                param="metadata",
+            )
+        if not isinstance(value, str):
+            raise InvalidRequest(
+                f"Invalid 'metadata.{key}': values must be strings.", param=f"metadata.{key}"
+            )
+        if len(value) > MAX_METADATA_VALUE:
+            raise InvalidRequest(
+                f"Invalid 'metadata.{key}': values must be at most {MAX_METADATA_VALUE} "
+                f"characters, got {len(value)}.",
+                param=f"metadata.{key}",
+            )
+    return dict(metadata)
+
+
+def _integrations(integrations: list[Any] | None) -> list[Any] | None:
+    """Stored and shown back as given; no integration is run (the server reaches no network)."""
+    if integrations is None:
+        return None
+    for index, item in enumerate(integrations):
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            raise InvalidRequest(
+                f"Invalid value for 'integrations[{index}]': expected an object with a 'type'.",
+                param=f"integrations[{index}]",
+            )
+    return list(integrations)
+
+
+def parse_metadata_filter(query: Iterable[tuple[str, str]]) -> tuple[dict[str, str], bool]:
+    """`metadata[k]=v` pairs (deepObject style, as the SDK sends them) and `metadata=null`.
+
+    Returns (pairs, is_null). The two forms select different things and may not be combined.
+    """
+    pairs: dict[str, str] = {}
+    is_null = False
+    for name, value in query:
+        if name.startswith("metadata[") and name.endswith("]"):
+            pairs[name[len("metadata[") : -1]] = value
+        elif name == "metadata":
+            if value != "null":
+                raise InvalidRequest(
+                    "Invalid value for 'metadata': use metadata[key]=value, or metadata=null.",
+                    param="metadata",
+                )
+            is_null = True
+    if pairs and is_null:
+        raise InvalidRequest(
+            "Do not combine metadata=null with metadata[key]=value filters.", param="metadata"
+        )
+    return pairs, is_null

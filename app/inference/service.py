@@ -1,0 +1,447 @@
+"""Chat and text completions, and deleting `ft:` models: checks, model resolution, wire shapes.
+
+What must hold:
+
+* A request naming a parameter this server does not implement is a 400 naming that parameter;
+  nothing is silently ignored (except `user`, which OpenAI itself only logs).
+* `model` resolves to a base model offered by this server (or an alias) or to one of the
+  caller's own `ft:` rows, looked up per request so a model trained a second ago answers and a
+  deleted one stops answering.  Anything else, another project's id included, is the same 404.
+* Errors found before the first byte is streamed (bad params, unknown model, full queue, prompt
+  too long) are ordinary JSON errors; once streaming, an error becomes a final `error` event.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from typing import Any
+
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.catalog.base_models import find_base_model
+from app.config import Settings
+from app.db import after_commit
+from app.errors import APIError, InvalidRequest, NotFound
+from app.files.storage import LocalStorage
+from app.ids import random_token
+from app.inference.engine import InferenceEngine
+from app.inference.repository import FineTunedModelRepository
+from app.inference.schemas import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessageOut,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionUsage,
+    ModelDeleted,
+    usage_dict,
+)
+from app.inference.types import (
+    ChoiceFinished,
+    GenerationEvent,
+    ModelTarget,
+    SamplingParams,
+    Started,
+    TextDelta,
+    Usage,
+)
+from app.orm import Project
+from worker.training.base_models import UnknownBaseModel, get_base_model_info
+
+# OpenAI parameters this server knows but does not implement: named in a clear 400.
+UNSUPPORTED_PARAMS = frozenset(
+    {
+        "audio",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "metadata",
+        "modalities",
+        "parallel_tool_calls",
+        "prediction",
+        "prompt_cache_key",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "service_tier",
+        "store",
+        "tool_choice",
+        "tools",
+        "verbosity",
+        "web_search_options",
+    }
+)
+_DEFAULT_CONTEXT = 2048
+
+
+def model_not_found(model_id: str) -> NotFound:
+    return NotFound(
+        f"The model `{model_id}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _reject_extras(extra: dict[str, Any] | None, prefix: str = "") -> None:
+    for key, value in (extra or {}).items():
+        if prefix and value is None:
+            continue  # e.g. `refusal: null` on an assistant message copied from a response
+        name = f"{prefix}{key}"
+        if key in UNSUPPORTED_PARAMS:
+            raise InvalidRequest(
+                f"The '{name}' parameter is not supported by this server yet.", param=name
+            )
+        raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
+
+
+def _not_supported(name: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"The '{name}' parameter is not supported by this server yet.", param=name
+    )
+
+
+def _stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
+
+
+def _sampling(
+    body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None
+) -> SamplingParams:
+    if body.stream_options is not None and not body.stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        n=body.n or 1,
+        stop=_stop_tuple(body.stop),
+        seed=body.seed,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+    )
+
+
+def chat_messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
+    """Plain `{"role", "content"}` dicts for the chat template (`developer` speaks as system)."""
+    messages = []
+    for i, message in enumerate(body.messages):
+        _reject_extras(message.model_extra, prefix=f"messages[{i}].")
+        if message.content is None and message.role != "assistant":
+            raise InvalidRequest(
+                f"Missing required parameter: 'messages[{i}].content'.",
+                param=f"messages[{i}].content",
+            )
+        role = "system" if message.role == "developer" else message.role
+        messages.append({"role": role, "content": message.text()})
+    return messages
+
+
+def chat_params(body: ChatCompletionRequest) -> SamplingParams:
+    _reject_extras(body.model_extra)
+    if body.logprobs:
+        raise _not_supported("logprobs")
+    if body.top_logprobs is not None:
+        raise _not_supported("top_logprobs")
+    return _sampling(body, body.max_completion_tokens or body.max_tokens)
+
+
+def completion_params(body: CompletionRequest) -> SamplingParams:
+    _reject_extras(body.model_extra)
+    if body.logprobs is not None:
+        raise _not_supported("logprobs")
+    if body.suffix is not None:
+        raise _not_supported("suffix")
+    if body.best_of is not None and body.best_of != (body.n or 1):
+        raise _not_supported("best_of")
+    if isinstance(body.prompt, list) and not body.prompt:
+        raise InvalidRequest("'prompt' must not be an empty list.", param="prompt")
+    return _sampling(body, body.max_tokens)
+
+
+def _sse(data: dict[str, Any] | str) -> str:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n"
+
+
+class InferenceService:
+    def __init__(
+        self,
+        session: Session,
+        settings: Settings,
+        storage: LocalStorage,
+        engine: InferenceEngine,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.storage = storage
+        self.engine = engine
+        self.models = FineTunedModelRepository(session)
+
+    # -- model resolution ----------------------------------------------------------------------
+
+    def resolve(self, project: Project, model_id: str) -> ModelTarget:
+        base = find_base_model(self.settings, model_id)
+        if base is not None:
+            return ModelTarget(model_id, base.name, "base", base.context_length)
+        row = self.models.get(project.id, model_id) if model_id.startswith("ft:") else None
+        if row is None:
+            raise model_not_found(model_id)
+        try:
+            context = get_base_model_info(row.base_model, dict(self.settings.local_models))
+            context_length = context.context_length
+        except UnknownBaseModel:
+            context_length = _DEFAULT_CONTEXT
+        return ModelTarget(
+            model_id=row.id,
+            base_model=row.base_model,
+            kind="full" if row.training_type == "full" else "lora",
+            context_length=context_length,
+            path=self.storage.path(row.storage_key),
+            storage_key=row.storage_key,
+        )
+
+    # -- chat ----------------------------------------------------------------------------------
+
+    async def chat(
+        self, project: Project, body: ChatCompletionRequest
+    ) -> ChatCompletion | AsyncIterator[str]:
+        params = chat_params(body)
+        messages = chat_messages(body)
+        target = await run_in_threadpool(self.resolve, project, body.model)
+        completion_id = "chatcmpl-" + random_token(29)
+        created = int(time.time())
+        if body.stream:
+            events = self.engine.stream_chat(target, messages, params)
+            first = await _first(events)
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _chat_stream(
+                first, events, completion_id, created, body.model, params.n, include_usage
+            )
+        result = await self.engine.chat(target, messages, params)
+        return ChatCompletion(
+            id=completion_id,
+            created=created,
+            model=body.model,
+            choices=[
+                ChatChoice(
+                    index=c.index,
+                    message=ChatMessageOut(content=c.text),
+                    finish_reason=c.finish_reason,
+                )
+                for c in result.choices
+            ],
+            usage=CompletionUsage(
+                **usage_dict(result.usage.prompt_tokens, result.usage.completion_tokens)
+            ),
+        )
+
+    # -- text completions ----------------------------------------------------------------------
+
+    async def complete(
+        self, project: Project, body: CompletionRequest
+    ) -> Completion | AsyncIterator[str]:
+        params = completion_params(body)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        target = await run_in_threadpool(self.resolve, project, body.model)
+        completion_id = "cmpl-" + random_token(29)
+        created = int(time.time())
+        echo = bool(body.echo)
+        if body.stream:
+            events = self.engine.stream_complete(target, prompts, params)
+            first = await _first(events)
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _completion_stream(
+                first,
+                events,
+                completion_id,
+                created,
+                body.model,
+                prompts if echo else None,
+                params.n,
+                include_usage,
+            )
+        result = await self.engine.complete(target, prompts, params)
+        return Completion(
+            id=completion_id,
+            created=created,
+            model=body.model,
+            choices=[
+                CompletionChoice(
+                    text=(prompts[c.index // params.n] if echo else "") + c.text,
+                    index=c.index,
+                    finish_reason=c.finish_reason,
+                )
+                for c in result.choices
+            ],
+            usage=CompletionUsage(
+                **usage_dict(result.usage.prompt_tokens, result.usage.completion_tokens)
+            ),
+        )
+
+    # -- deleting a fine-tuned model -----------------------------------------------------------
+
+    def delete_model(self, project: Project, model_id: str) -> ModelDeleted:
+        """Delete the caller's `ft:` row; the engine forgets it and its folder goes after commit.
+
+        A checkpoint id deletes only that checkpoint's model; the job keeps its history.
+        """
+        if find_base_model(self.settings, model_id) is not None:
+            raise APIError(
+                f"The model `{model_id}` is a base model and cannot be deleted.",
+                param="model",
+                code="model_not_deletable",
+                status_code=403,
+            )
+        row = self.models.get(project.id, model_id)
+        if row is None:
+            raise model_not_found(model_id)
+        self.models.delete(row)
+        key, engine, storage = row.storage_key, self.engine, self.storage
+
+        def forget() -> None:
+            engine.evict(model_id)
+            _remove_folder(storage, key)
+
+        after_commit(self.session, forget)
+        return ModelDeleted(id=model_id)
+
+
+def _remove_folder(storage: LocalStorage, key: str) -> None:
+    path = storage.path(key)  # refuses keys that escape the storage root
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with suppress(FileNotFoundError):
+            path.unlink()
+
+
+async def _first(events: AsyncIterator[GenerationEvent]) -> Started:
+    """Wait until the request is running: queue-full, model and length errors raise here."""
+    try:
+        first = await anext(events)
+    except BaseException:
+        await _close(events)
+        raise
+    assert isinstance(first, Started), first
+    return first
+
+
+async def _close(events: AsyncIterator[GenerationEvent]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        with suppress(Exception):
+            await aclose()
+
+
+def _error_event(exc: Exception) -> str:
+    if isinstance(exc, APIError):
+        return _sse(exc.body())
+    return _sse(
+        {
+            "error": {
+                "message": "The server had an error while processing your request.",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    )
+
+
+async def _chat_stream(
+    first: Started,
+    events: AsyncIterator[GenerationEvent],
+    completion_id: str,
+    created: int,
+    model: str,
+    n: int,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """`chat.completion.chunk`s: role delta per choice, content deltas, finish, usage, [DONE]."""
+    head: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+    }
+    if include_usage:
+        head["usage"] = None
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _sse({**head, "choices": [choice]})
+
+    try:
+        for index in range(n):
+            yield chunk(index, {"role": "assistant", "content": "", "refusal": None})
+        async for event in events:
+            if isinstance(event, TextDelta):
+                yield chunk(event.index, {"content": event.text})
+            elif isinstance(event, ChoiceFinished):
+                yield chunk(event.index, {}, event.finish_reason)
+            elif isinstance(event, Usage) and include_usage:
+                usage = usage_dict(event.prompt_tokens, event.completion_tokens)
+                yield _sse({**head, "choices": [], "usage": usage})
+        yield _sse("[DONE]")
+    except Exception as exc:  # mid-stream: the SDK raises on an `error` event
+        yield _error_event(exc)
+    finally:
+        await _close(events)
+    del first
+
+
+async def _completion_stream(
+    first: Started,
+    events: AsyncIterator[GenerationEvent],
+    completion_id: str,
+    created: int,
+    model: str,
+    echo_prompts: list[str] | None,
+    n: int,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    head: dict[str, Any] = {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+    }
+    if include_usage:
+        head["usage"] = None
+
+    def chunk(index: int, text: str, finish: str | None = None) -> str:
+        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+        return _sse({**head, "choices": [choice]})
+
+    try:
+        if echo_prompts is not None:
+            for index in range(len(echo_prompts) * n):
+                yield chunk(index, echo_prompts[index // n])
+        async for event in events:
+            if isinstance(event, TextDelta):
+                yield chunk(event.index, event.text)
+            elif isinstance(event, ChoiceFinished):
+                yield chunk(event.index, "", event.finish_reason)
+            elif isinstance(event, Usage) and include_usage:
+                usage = usage_dict(event.prompt_tokens, event.completion_tokens)
+                yield _sse({**head, "choices": [], "usage": usage})
+        yield _sse("[DONE]")
+    except Exception as exc:
+        yield _error_event(exc)
+    finally:
+        await _close(events)
+    del first

@@ -1,0 +1,227 @@
+"""`UpstreamEngine`: forward inference to an OpenAI-compatible server (vLLM with `--enable-lora`).
+
+Tuna still authenticates the caller and resolves `model` against its own database (so tenants
+stay isolated); only the generation is forwarded:
+
+* a base model goes out under its upstream name (`inference_upstream_models` maps Tuna's base
+  names to the names the upstream serves; default: the same name);
+* an `ft:` LoRA model goes out under its own id as the LoRA name.  The upstream either lists it
+  at start (`--lora-modules ft:...=/path`) or, with `inference_upstream_adapter_root` set (the
+  storage root as the upstream sees it) and vLLM's `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`,
+  Tuna loads it on first use with `POST /v1/load_lora_adapter` and unloads it when deleted;
+* a full fine-tune needs its own upstream server: name it in `inference_upstream_models`
+  (ft id -> served name), otherwise it is a 400.
+
+Upstream errors keep their status and message; an unreachable upstream is a 502.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import httpx
+
+from app.errors import APIError, InvalidRequest, RateLimited, ServerError
+from app.inference.types import (
+    ChoiceFinished,
+    GenerationEvent,
+    GenerationResult,
+    ModelTarget,
+    SamplingParams,
+    Started,
+    TextDelta,
+    Usage,
+    collect,
+)
+
+logger = logging.getLogger("tuna.inference")
+
+
+class UpstreamEngine:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model_names: dict[str, str] | None = None,
+        adapter_root: str | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.model_names = dict(model_names or {})
+        self.adapter_root = adapter_root.rstrip("/") if adapter_root else None
+        self.timeout = timeout
+        self._loaded: set[str] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> UpstreamEngine:
+        url = getattr(settings, "inference_upstream_url", None)
+        if not url:
+            raise ValueError("inference_backend 'upstream' needs inference_upstream_url")
+        return cls(
+            url,
+            api_key=getattr(settings, "inference_upstream_api_key", None),
+            model_names=getattr(settings, "inference_upstream_models", None),
+            adapter_root=getattr(settings, "inference_upstream_adapter_root", None),
+            timeout=float(getattr(settings, "inference_upstream_timeout", 600.0)),
+        )
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    async def chat(
+        self, target: ModelTarget, messages: list[dict[str, str]], params: SamplingParams
+    ) -> GenerationResult:
+        async with aclosing(self.stream_chat(target, messages, params)) as events:
+            return await collect(events)
+
+    def stream_chat(
+        self, target: ModelTarget, messages: list[dict[str, str]], params: SamplingParams
+    ) -> AsyncIterator[GenerationEvent]:
+        return self._stream("/chat/completions", target, {"messages": messages}, params)
+
+    async def complete(
+        self, target: ModelTarget, prompts: list[str], params: SamplingParams
+    ) -> GenerationResult:
+        async with aclosing(self.stream_complete(target, prompts, params)) as events:
+            return await collect(events)
+
+    def stream_complete(
+        self, target: ModelTarget, prompts: list[str], params: SamplingParams
+    ) -> AsyncIterator[GenerationEvent]:
+        return self._stream("/completions", target, {"prompt": prompts}, params)
+
+    def evict(self, model_id: str) -> None:
+        with self._lock:
+            if model_id not in self._loaded:
+                return
+            self._loaded.discard(model_id)
+
+        def unload() -> None:
+            try:
+                with httpx.Client(timeout=30, headers=self.headers) as http:
+                    http.post(f"{self.base_url}/unload_lora_adapter", json={"lora_name": model_id})
+            except httpx.HTTPError:
+                logger.warning("could not unload %s from the upstream", model_id, exc_info=True)
+
+        threading.Thread(target=unload, daemon=True).start()
+
+    def close(self) -> None:
+        pass
+
+    # -- forwarding ----------------------------------------------------------------------------
+
+    def _model_name(self, target: ModelTarget) -> str:
+        if target.model_id in self.model_names:
+            return self.model_names[target.model_id]
+        if target.kind == "base":
+            return self.model_names.get(target.base_model, target.base_model)
+        if target.kind == "lora":
+            return target.model_id
+        raise InvalidRequest(
+            f"The model `{target.model_id}` is a full fine-tune, which this server's upstream "
+            "inference backend does not serve.",
+            param="model",
+            code="model_not_supported",
+        )
+
+    async def _ensure_adapter(self, http: httpx.AsyncClient, target: ModelTarget) -> None:
+        if target.kind != "lora" or self.adapter_root is None or target.model_id in self._loaded:
+            return
+        path = f"{self.adapter_root}/{target.storage_key}"
+        response = await http.post(
+            f"{self.base_url}/load_lora_adapter",
+            json={"lora_name": target.model_id, "lora_path": path},
+        )
+        if response.status_code >= 400 and "already" not in response.text.lower():
+            raise _upstream_error(response.status_code, response.text, response.headers)
+        with self._lock:
+            self._loaded.add(target.model_id)
+
+    async def _stream(
+        self, path: str, target: ModelTarget, payload: dict[str, Any], params: SamplingParams
+    ) -> AsyncIterator[GenerationEvent]:
+        body: dict[str, Any] = {
+            "model": self._model_name(target),
+            **payload,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "n": params.n,
+            "stop": list(params.stop) or None,
+            "seed": params.seed,
+            "presence_penalty": params.presence_penalty or None,
+            "frequency_penalty": params.frequency_penalty or None,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as http:
+                await self._ensure_adapter(http, target)
+                async with http.stream("POST", self.base_url + path, json=body) as response:
+                    if response.status_code >= 400:
+                        text = (await response.aread()).decode(errors="replace")
+                        raise _upstream_error(response.status_code, text, response.headers)
+                    yield Started(0)
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        for event in _events(json.loads(data)):
+                            yield event
+        except httpx.HTTPError as exc:
+            logger.warning("upstream inference failed: %s", exc)
+            raise ServerError(
+                "The inference backend is unavailable.", status_code=502, code="upstream_error"
+            ) from exc
+
+
+def _events(chunk: dict[str, Any]) -> list[GenerationEvent]:
+    if "error" in chunk:
+        error = chunk["error"] or {}
+        message = str(error.get("message", "upstream error"))
+        raise ServerError(message, code="upstream_error", status_code=502)
+    events: list[GenerationEvent] = []
+    for choice in chunk.get("choices") or []:
+        index = int(choice.get("index", 0))
+        text = (
+            (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+        )
+        if text:
+            events.append(TextDelta(index, text))
+        if choice.get("finish_reason"):
+            reason = choice["finish_reason"]
+            events.append(ChoiceFinished(index, reason if reason in ("stop", "length") else "stop"))
+    usage = chunk.get("usage")
+    if usage:
+        events.append(
+            Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+        )
+    return events
+
+
+def _upstream_error(status: int, text: str, headers: httpx.Headers) -> APIError:
+    try:
+        error = json.loads(text).get("error") or {}
+        if isinstance(error, str):
+            error = {"message": error}
+    except (ValueError, AttributeError):
+        error = {"message": text[:500] or f"upstream answered {status}"}
+    message = str(error.get("message") or f"upstream answered {status}")
+    if status == 429:
+        retry = headers.get("retry-after", "1")
+        return RateLimited(message, code="rate_limit_exceeded", headers={"retry-after": retry})
+    if 400 <= status < 500:
+        return APIError(
+            message, param=error.get("param"), code=error.get("code"), status_code=status
+        )
+    return ServerError(message, code="upstream_error", status_code=502)

@@ -1,0 +1,68 @@
+"""Celery tasks: the adapter between the queue, the database and the training engine.
+
+`run_job` may be delivered twice, or after the job was cancelled: every status change goes
+through the state machine's conditional update, and a task that loses a race just returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from functools import lru_cache
+
+from celery.signals import worker_ready
+
+from app.config import get_settings
+from app.db import Database
+from app.files.storage import LocalStorage
+from worker.celery_app import RUN_JOB_TASK, TRAINING_QUEUE, celery_app
+from worker.runner import JobRunner, requeue_lost_jobs
+
+logger = logging.getLogger("tuna.worker")
+
+
+@lru_cache
+def _runner() -> JobRunner:
+    settings = get_settings()
+    return JobRunner(
+        settings=settings,
+        database=Database(settings.resolved_database_url),
+        storage=LocalStorage(settings.resolved_storage_dir),
+        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+@celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
+def run_job(job_id: str) -> None:
+    _runner().run(job_id)
+
+
+def reconcile(database: Database, *, include_waiting: bool) -> None:
+    """The database is the source of truth: enqueue every job that needs a worker and has none."""
+    for job_id in requeue_lost_jobs(database, include_waiting=include_waiting):
+        celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE)
+        logger.info("re-enqueued %s", job_id)
+
+
+def _reconcile_forever(database: Database, every_seconds: float) -> None:
+    while not threading.Event().wait(every_seconds):
+        try:
+            reconcile(database, include_waiting=False)
+        except Exception:
+            logger.warning("reconcile failed", exc_info=True)
+
+
+@worker_ready.connect
+def _start_reconciler(**_: object) -> None:
+    """On start: re-enqueue what a lost broker or a dead worker left; then watch leases."""
+    settings = get_settings()
+    database = Database(settings.resolved_database_url)
+    reconcile(database, include_waiting=True)
+    threading.Thread(
+        target=_reconcile_forever,
+        args=(database, threading.Event()),
+        daemon=True,
+        name="tuna-reconciler",
+    ).start()
