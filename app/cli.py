@@ -54,7 +54,7 @@ def serve(host: str, port: int, data_dir: Path | None, worker: bool) -> None:
             "API key: created on first start; make another with "
             f"`tuna keys create --project {settings.default_project}`"
         )
-    worker_process = _start_worker(concurrency=1) if worker else None
+    worker_process = _start_worker(1, settings.training_queue) if worker else None
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
     finally:
@@ -63,7 +63,7 @@ def serve(host: str, port: int, data_dir: Path | None, worker: bool) -> None:
             worker_process.wait(timeout=30)
 
 
-def _worker_command(concurrency: int, loglevel: str = "info") -> list[str]:
+def _worker_command(concurrency: int, queue: str, loglevel: str = "info") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -72,7 +72,7 @@ def _worker_command(concurrency: int, loglevel: str = "info") -> list[str]:
         "worker.celery_app",
         "worker",
         "-Q",
-        "training",
+        queue,
         "--concurrency",
         str(concurrency),
         "--prefetch-multiplier",
@@ -84,8 +84,8 @@ def _worker_command(concurrency: int, loglevel: str = "info") -> list[str]:
     ]
 
 
-def _start_worker(concurrency: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(_worker_command(concurrency))
+def _start_worker(concurrency: int, queue: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(_worker_command(concurrency, queue))
 
 
 @main.command()
@@ -95,8 +95,9 @@ def worker(concurrency: int, data_dir: Path | None) -> None:
     """Run a training worker against the configured database and broker."""
     from app.bootstrap import prepare
 
-    prepare(_settings(data_dir))
-    command = _worker_command(concurrency)
+    settings = _settings(data_dir)
+    prepare(settings)
+    command = _worker_command(concurrency, settings.training_queue)
     os.execv(command[0], command)
 
 

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         default=None, description="Celery broker; default: a folder-based broker under data_dir"
     )
+    training_queue: str = Field(
+        default="training", description="Broker queue the API sends jobs to and workers consume"
+    )
     api_key: str | None = Field(
         default=None, description="If set, a valid key for the default project"
     )

@@ -16,7 +16,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -107,12 +106,12 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """A Redis database emptied for this session (the production broker)."""
+    """The production broker; sessions are kept apart by their own queue names."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        client.flushdb()
+        client.ping()
     except Exception as exc:
         if IN_CI:
             pytest.fail(f"Redis is required in CI but unreachable: {exc}")
@@ -122,9 +121,14 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+# Sessions running side by side on one machine share Redis: each gets its own queue.
+SESSION_QUEUE = f"training-test-{uuid.uuid4().hex[:8]}"
+
+
 def make_settings(
     tmp: Path, database_url: str | None, broker_url: str | None = None, **overrides: object
 ) -> Settings:
+    overrides.setdefault("training_queue", SESSION_QUEUE)
     return Settings(
         data_dir=tmp,
         database_url=database_url,
@@ -171,6 +175,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         TUNA_BROKER_URL=settings.resolved_broker_url,
         TUNA_MODEL_CACHE_DIR=str(settings.resolved_model_cache_dir),
         TUNA_ENABLE_TEST_MODELS="1" if settings.enable_test_models else "0",
+        TUNA_TRAINING_QUEUE=settings.training_queue,
+        TUNA_JOB_LEASE_SECONDS=str(settings.job_lease_seconds),
     )
     return env
 
@@ -188,7 +194,7 @@ class WorkerProcess:
 
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
-            _worker_command(concurrency=1, loglevel="info"),
+            _worker_command(1, self.settings.training_queue),
             env=settings_env(self.settings),
             cwd=REPO_ROOT,
             stdout=log,

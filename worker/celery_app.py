@@ -12,14 +12,13 @@ from celery import Celery
 
 from app.config import Settings, get_settings
 
-TRAINING_QUEUE = "training"
 RUN_JOB_TASK = "tuna.run_job"
 
 
 def make_celery(settings: Settings) -> Celery:
     celery = Celery("tuna", broker=settings.resolved_broker_url, include=["worker.tasks"])
     conf: dict[str, object] = {
-        "task_default_queue": TRAINING_QUEUE,
+        "task_default_queue": settings.training_queue,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -54,6 +53,7 @@ class CeleryJobQueue:
 
     def __init__(self, settings: Settings) -> None:
         self.celery = make_celery(settings)
+        self.queue = settings.training_queue
 
     def enqueue(self, job_id: str) -> None:
-        self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE)
+        self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.queue)

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from functools import lru_cache
 
 from celery.signals import worker_ready
@@ -17,7 +18,7 @@ from celery.signals import worker_ready
 from app.config import get_settings
 from app.db import Database
 from app.files.storage import LocalStorage
-from worker.celery_app import RUN_JOB_TASK, TRAINING_QUEUE, celery_app
+from worker.celery_app import RUN_JOB_TASK, celery_app
 from worker.runner import JobRunner, requeue_lost_jobs
 
 logger = logging.getLogger("tuna.worker")
@@ -42,12 +43,13 @@ def run_job(job_id: str) -> None:
 def reconcile(database: Database, *, include_waiting: bool) -> None:
     """The database is the source of truth: enqueue every job that needs a worker and has none."""
     for job_id in requeue_lost_jobs(database, include_waiting=include_waiting):
-        celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE)
+        celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().training_queue)
         logger.info("re-enqueued %s", job_id)
 
 
 def _reconcile_forever(database: Database, every_seconds: float) -> None:
-    while not threading.Event().wait(every_seconds):
+    while True:
+        time.sleep(every_seconds)
         try:
             reconcile(database, include_waiting=False)
         except Exception:
@@ -62,7 +64,7 @@ def _start_reconciler(**_: object) -> None:
     reconcile(database, include_waiting=True)
     threading.Thread(
         target=_reconcile_forever,
-        args=(database, threading.Event()),
+        args=(database, settings.job_lease_seconds / 2),
         daemon=True,
         name="tuna-reconciler",
     ).start()

@@ -210,6 +210,13 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
             batch = [train_examples[i] for i in batches[batch_index]]
             learning_rate = float(scheduler.get_last_lr()[0])  # what this step uses
             loss, accuracy, n_batch_tokens = run.train_step(batch, position.step)
+            if not math.isfinite(loss):
+                # Training on would only publish a broken model; stop while the cause is clear.
+                raise TrainingError(
+                    f"Training diverged: the loss became {loss} at step {position.step + 1}. "
+                    "Lower learning_rate_multiplier.",
+                    code="training_diverged",
+                )
             position.step += 1
             position.trained_tokens += n_batch_tokens
             position.epoch, position.batch = divmod(position.step, steps_per_epoch)

@@ -191,3 +191,19 @@ def test_lora_adapter_loads_with_peft(
     before = base(input_ids=ids).logits
     tuned = PeftModel.from_pretrained(base, result.final_dir)
     assert not torch.allclose(tuned(input_ids=ids).logits, before)
+
+
+
+def test_divergence_fails_readably(make_config: MakeConfig, repetitive_file: Path) -> None:
+    """A loss that turns NaN or inf stops the run with an error the user can act on."""
+    from worker.training.sft import TrainingError
+
+    with pytest.raises(TrainingError) as caught:
+        train(
+            make_config(
+                repetitive_file, training_type="full", learning_rate_multiplier=1e12, n_epochs=3
+            ),
+            Recorder(),
+        )
+    assert caught.value.code == "training_diverged"
+    assert "learning_rate_multiplier" in str(caught.value)
