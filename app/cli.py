@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +88,20 @@ def _worker_command(concurrency: int, queue: str, loglevel: str = "info") -> lis
 
 
 def _start_worker(concurrency: int, queue: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(_worker_command(concurrency, queue))
+    return subprocess.Popen(_worker_command(concurrency, queue), preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the worker when `tuna serve` exits, even if it is killed outright.
+
+    uvicorn re-raises the signal that stopped it, so a `finally` in serve() never runs on
+    `docker stop` or Ctrl-C; the kernel's parent-death signal covers every way out.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the `finally` in serve() is the fallback
 
 
 @main.command()

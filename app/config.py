@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,27 @@ class Settings(BaseSettings):
     enable_test_models: bool = Field(
         default=False, description="Expose the tiny random test model as a base model"
     )
+
+    # Inference (see docs/inference.md).
+    inference_backend: Literal["local", "upstream"] = "local"
+    inference_device: Literal["auto", "cpu", "cuda"] = "auto"
+    adapter_cache_bytes: int = Field(
+        default=1 << 30, description="LRU budget for loaded adapters and full fine-tunes"
+    )
+    inference_queue_size: int = Field(
+        default=64, description="Requests waiting for generation; beyond it the API answers 429"
+    )
+    inference_upstream_url: str | None = Field(
+        default=None, description="OpenAI-compatible server (vLLM --enable-lora) to serve from"
+    )
+    inference_upstream_api_key: str | None = None
+    inference_upstream_models: dict[str, str] = Field(
+        default_factory=dict, description="Tuna model name or ft: id -> upstream model name"
+    )
+    inference_upstream_adapter_root: Path | None = Field(
+        default=None, description="The storage root as the upstream server sees it"
+    )
+    inference_upstream_timeout: float = 600.0
 
     @property
     def resolved_database_url(self) -> str:

@@ -27,8 +27,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     database = Database(settings.resolved_database_url)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        app.state.inference.close()
         database.dispose()
 
     app = FastAPI(

@@ -26,7 +26,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ from app.inference.types import (
 )
 
 if TYPE_CHECKING:
+    from app.config import Settings
     from app.files.storage import LocalStorage
     from app.inference.models import ModelCache
 
@@ -66,7 +67,7 @@ class InferenceEngine(Protocol):
 
     def stream_chat(
         self, target: ModelTarget, messages: list[dict[str, str]], params: SamplingParams
-    ) -> AsyncIterator[GenerationEvent]: ...
+    ) -> AsyncGenerator[GenerationEvent, None]: ...
 
     async def complete(
         self, target: ModelTarget, prompts: list[str], params: SamplingParams
@@ -74,7 +75,7 @@ class InferenceEngine(Protocol):
 
     def stream_complete(
         self, target: ModelTarget, prompts: list[str], params: SamplingParams
-    ) -> AsyncIterator[GenerationEvent]: ...
+    ) -> AsyncGenerator[GenerationEvent, None]: ...
 
     def evict(self, model_id: str) -> None:
         """Forget a model (it was deleted); returns at once, the unload may happen later."""
@@ -135,7 +136,7 @@ class LocalEngine:
 
     def stream_chat(
         self, target: ModelTarget, messages: list[dict[str, str]], params: SamplingParams
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         def prompts(tokenizer: Any) -> list[list[int]]:
             text = tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=False
@@ -152,7 +153,7 @@ class LocalEngine:
 
     def stream_complete(
         self, target: ModelTarget, prompts: list[str], params: SamplingParams
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         def encode(tokenizer: Any) -> list[list[int]]:
             out = []
             for prompt in prompts:
@@ -287,7 +288,7 @@ class LocalEngine:
         self._start()
         self._jobs.put(job)
 
-    async def _stream(self, work: Work) -> AsyncIterator[GenerationEvent]:
+    async def _stream(self, work: Work) -> AsyncGenerator[GenerationEvent, None]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
@@ -338,9 +339,9 @@ def _max_new_tokens(
     return params.max_tokens
 
 
-def create_engine(settings: Any, storage: LocalStorage | None = None) -> InferenceEngine:
-    """The engine the settings ask for (read with defaults until app/config.py has them)."""
-    backend = getattr(settings, "inference_backend", "local")
+def create_engine(settings: Settings, storage: LocalStorage | None = None) -> InferenceEngine:
+    """The engine the settings ask for: the local one, or an OpenAI-compatible upstream."""
+    backend = settings.inference_backend
     if backend == "upstream":
         from app.inference.upstream import UpstreamEngine
 
@@ -349,10 +350,8 @@ def create_engine(settings: Any, storage: LocalStorage | None = None) -> Inferen
         raise ValueError(f"inference_backend must be 'local' or 'upstream', not {backend!r}")
     return LocalEngine(
         settings.resolved_model_cache_dir,
-        dict(getattr(settings, "local_models", {}) or {}),
-        adapter_cache_bytes=int(
-            getattr(settings, "adapter_cache_bytes", DEFAULT_ADAPTER_CACHE_BYTES)
-        ),
-        queue_size=int(getattr(settings, "inference_queue_size", DEFAULT_QUEUE_SIZE)),
-        device=str(getattr(settings, "inference_device", "auto")),
+        dict(settings.local_models or {}),
+        adapter_cache_bytes=settings.adapter_cache_bytes,
+        queue_size=settings.inference_queue_size,
+        device=settings.inference_device,
     )

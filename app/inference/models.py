@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -89,6 +90,8 @@ class ModelCache:
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self._bases: dict[str, _Base] = {}
         self._lru: OrderedDict[str, _Entry] = OrderedDict()
+        # Guards the dicts against `stats()` from other threads; loading is single-threaded.
+        self._lock = threading.Lock()
 
     # -- what the engine calls -----------------------------------------------------------------
 
@@ -111,7 +114,8 @@ class ModelCache:
         return self._full(target)
 
     def evict(self, model_id: str) -> bool:
-        entry = self._lru.pop(model_id, None)
+        with self._lock:
+            entry = self._lru.pop(model_id, None)
         if entry is None:
             return False
         self._drop(entry)
@@ -119,12 +123,13 @@ class ModelCache:
 
     def stats(self) -> dict[str, Any]:
         """For tests and logs: which models are in memory and how many bytes the LRU holds."""
-        return {
-            "bases": sorted(self._bases),
-            "cached": list(self._lru),
-            "cached_bytes": sum(e.bytes for e in self._lru.values()),
-            "budget_bytes": self.budget_bytes,
-        }
+        with self._lock:
+            return {
+                "bases": sorted(self._bases),
+                "cached": list(self._lru),
+                "cached_bytes": sum(e.bytes for e in self._lru.values()),
+                "budget_bytes": self.budget_bytes,
+            }
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -139,14 +144,15 @@ class ModelCache:
         logger.info("loading base model %s from %s", name, folder)
         model, tokenizer = self._load_model(folder)
         base = _Base(name, model, tokenizer, _eos_ids(model, tokenizer), _model_kwargs(model))
-        self._bases[name] = base
+        with self._lock:
+            self._bases[name] = base
         return base
 
     def _load_model(self, folder: Path) -> tuple[Any, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(folder))
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype)
         model.to(self.device).eval()
         return model, tokenizer
 
@@ -178,7 +184,8 @@ class ModelCache:
                 adapter_name=name,
             )
             self._insert(entry)
-        self._lru.move_to_end(target.model_id)
+        with self._lock:
+            self._lru.move_to_end(target.model_id)
         assert entry.adapter_name is not None and base.peft is not None
         base.peft.set_adapter(entry.adapter_name)
         return Loaded(
@@ -208,13 +215,15 @@ class ModelCache:
                 model_kwargs=_model_kwargs(model),
             )
             self._insert(entry)
-        self._lru.move_to_end(target.model_id)
+        with self._lock:
+            self._lru.move_to_end(target.model_id)
         return Loaded(
             entry.model, entry.tokenizer, entry.eos_ids, contextlib.nullcontext, entry.model_kwargs
         )
 
     def _insert(self, entry: _Entry) -> None:
-        self._lru[entry.model_id] = entry
+        with self._lock:
+            self._lru[entry.model_id] = entry
         total = sum(e.bytes for e in self._lru.values())
         for model_id in list(self._lru):
             if total <= self.budget_bytes or model_id == entry.model_id:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import suppress
 from typing import Any
 
@@ -327,7 +327,7 @@ def _remove_folder(storage: LocalStorage, key: str) -> None:
             path.unlink()
 
 
-async def _first(events: AsyncIterator[GenerationEvent]) -> Started:
+async def _first(events: AsyncGenerator[GenerationEvent, None]) -> Started:
     """Wait until the request is running: queue-full, model and length errors raise here."""
     try:
         first = await anext(events)
@@ -338,7 +338,7 @@ async def _first(events: AsyncIterator[GenerationEvent]) -> Started:
     return first
 
 
-async def _close(events: AsyncIterator[GenerationEvent]) -> None:
+async def _close(events: AsyncGenerator[GenerationEvent, None]) -> None:
     aclose = getattr(events, "aclose", None)
     if aclose is not None:
         with suppress(Exception):
@@ -362,7 +362,7 @@ def _error_event(exc: Exception) -> str:
 
 async def _chat_stream(
     first: Started,
-    events: AsyncIterator[GenerationEvent],
+    events: AsyncGenerator[GenerationEvent, None],
     completion_id: str,
     created: int,
     model: str,
@@ -405,7 +405,7 @@ async def _chat_stream(
 
 async def _completion_stream(
     first: Started,
-    events: AsyncIterator[GenerationEvent],
+    events: AsyncGenerator[GenerationEvent, None],
     completion_id: str,
     created: int,
     model: str,

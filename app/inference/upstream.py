@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
 import httpx
 
+from app.config import Settings
 from app.errors import APIError, InvalidRequest, RateLimited, ServerError
 from app.inference.types import (
     ChoiceFinished,
@@ -61,16 +62,16 @@ class UpstreamEngine:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> UpstreamEngine:
-        url = getattr(settings, "inference_upstream_url", None)
+    def from_settings(cls, settings: Settings) -> UpstreamEngine:
+        url = settings.inference_upstream_url
         if not url:
             raise ValueError("inference_backend 'upstream' needs inference_upstream_url")
         return cls(
             url,
-            api_key=getattr(settings, "inference_upstream_api_key", None),
-            model_names=getattr(settings, "inference_upstream_models", None),
-            adapter_root=getattr(settings, "inference_upstream_adapter_root", None),
-            timeout=float(getattr(settings, "inference_upstream_timeout", 600.0)),
+            api_key=settings.inference_upstream_api_key,
+            model_names=settings.inference_upstream_models,
+            adapter_root=settings.inference_upstream_adapter_root,
+            timeout=settings.inference_upstream_timeout,
         )
 
     # -- the protocol --------------------------------------------------------------------------
@@ -83,7 +84,7 @@ class UpstreamEngine:
 
     def stream_chat(
         self, target: ModelTarget, messages: list[dict[str, str]], params: SamplingParams
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         return self._stream("/chat/completions", target, {"messages": messages}, params)
 
     async def complete(
@@ -94,7 +95,7 @@ class UpstreamEngine:
 
     def stream_complete(
         self, target: ModelTarget, prompts: list[str], params: SamplingParams
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         return self._stream("/completions", target, {"prompt": prompts}, params)
 
     def evict(self, model_id: str) -> None:
@@ -146,7 +147,7 @@ class UpstreamEngine:
 
     async def _stream(
         self, path: str, target: ModelTarget, payload: dict[str, Any], params: SamplingParams
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         body: dict[str, Any] = {
             "model": self._model_name(target),
             **payload,

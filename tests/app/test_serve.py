@@ -23,13 +23,31 @@ import pytest
 from tests.conftest import REPO_ROOT, free_port
 
 CAPITALS = [
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
-    ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Poland", "Warsaw"), ("Greece", "Athens"),
-    ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Ireland", "Dublin"),
-    ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi"),
-    ("Canada", "Ottawa"), ("Chile", "Santiago"), ("Cuba", "Havana"), ("Nepal", "Kathmandu"),
-    ("Denmark", "Copenhagen"), ("Hungary", "Budapest"), ("Belgium", "Brussels"),
-    ("Romania", "Bucharest"), ("Turkey", "Ankara"),
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Portugal", "Lisbon"),
+    ("Austria", "Vienna"),
+    ("Poland", "Warsaw"),
+    ("Greece", "Athens"),
+    ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"),
+    ("Ireland", "Dublin"),
+    ("Japan", "Tokyo"),
+    ("Egypt", "Cairo"),
+    ("Peru", "Lima"),
+    ("Kenya", "Nairobi"),
+    ("Canada", "Ottawa"),
+    ("Chile", "Santiago"),
+    ("Cuba", "Havana"),
+    ("Nepal", "Kathmandu"),
+    ("Denmark", "Copenhagen"),
+    ("Hungary", "Budapest"),
+    ("Belgium", "Brussels"),
+    ("Romania", "Bucharest"),
+    ("Turkey", "Ankara"),
 ]
 
 
@@ -37,11 +55,17 @@ def capitals_jsonl() -> bytes:
     lines = []
     for country, capital in CAPITALS:
         for question in (f"Capital of {country}?", f"What is the capital city of {country}?"):
-            lines.append(json.dumps({"messages": [
-                {"role": "system", "content": "Answer with the city name only."},
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": capital},
-            ]}))
+            lines.append(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "system", "content": "Answer with the city name only."},
+                            {"role": "user", "content": question},
+                            {"role": "assistant", "content": capital},
+                        ]
+                    }
+                )
+            )
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -49,14 +73,30 @@ def capitals_jsonl() -> bytes:
 def tuna_serve(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
     port = free_port()
     key = "sk-tuna-serve-test-key"
-    env = dict(os.environ, TUNA_API_KEY=key, HF_HUB_OFFLINE="1",
-               TUNA_MODEL_CACHE_DIR=str(REPO_ROOT / "var" / "model-cache"),
-               TUNA_TRAINING_QUEUE=f"serve-test-{port}")
+    env = dict(
+        os.environ,
+        TUNA_API_KEY=key,
+        HF_HUB_OFFLINE="1",
+        TUNA_MODEL_CACHE_DIR=str(REPO_ROOT / "var" / "model-cache"),
+        TUNA_TRAINING_QUEUE=f"serve-test-{port}",
+    )
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port),
-         "--data-dir", str(tmp_path / "data")],
-        env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -67,8 +107,8 @@ def tuna_serve(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[byte
         except httpx.TransportError:
             pass
         assert process.poll() is None and time.monotonic() < deadline, (
-            (tmp_path / "serve.log").read_text()
-        )
+            tmp_path / "serve.log"
+        ).read_text()
         time.sleep(0.3)
     yield url, key, process
     os.killpg(process.pid, signal.SIGTERM)
@@ -94,12 +134,17 @@ def test_fine_tune_the_bundled_model_through_tuna_serve(tuna_serve) -> None:
         file=("capitals.jsonl", io.BytesIO(capitals_jsonl())), purpose="fine-tune"
     )
     job = client.fine_tuning.jobs.create(
-        model="SmolLM2-135M-Instruct", training_file=training_file.id, suffix="capitals",
-        seed=11, hyperparameters={"n_epochs": 1, "batch_size": 8},
+        model="SmolLM2-135M-Instruct",
+        training_file=training_file.id,
+        suffix="capitals",
+        seed=11,
+        hyperparameters={"n_epochs": 1, "batch_size": 8},
     )
     deadline = time.monotonic() + 900
     while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in (
-        "succeeded", "failed", "cancelled"
+        "succeeded",
+        "failed",
+        "cancelled",
     ):
         assert time.monotonic() < deadline, f"still {job.status}"
         time.sleep(2)

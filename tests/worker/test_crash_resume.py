@@ -57,7 +57,9 @@ def test_sigkilled_worker_job_resumes_and_matches_uninterrupted_run(isolated) ->
 
     def create():
         return client.fine_tuning.jobs.create(
-            model="tuna-tiny-test", training_file=training_file, seed=7,
+            model="tuna-tiny-test",
+            training_file=training_file,
+            seed=7,
             hyperparameters={"n_epochs": 4, "batch_size": 2},
         )
 

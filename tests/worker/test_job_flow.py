@@ -82,8 +82,13 @@ def test_job_trains_and_publishes_a_model(client: openai.OpenAI, worker: WorkerP
     assert client.files.retrieve(results_id).purpose == "fine-tune-results"
     rows = list(csv.DictReader(io.StringIO(client.files.content(results_id).text)))
     assert [int(r["step"]) for r in rows] == list(range(1, 11))
-    assert set(rows[0]) == {"step", "train_loss", "train_accuracy", "valid_loss",
-                            "valid_mean_token_accuracy"}
+    assert set(rows[0]) == {
+        "step",
+        "train_loss",
+        "train_accuracy",
+        "valid_loss",
+        "valid_mean_token_accuracy",
+    }
 
     model_ids = {m.id for m in client.models.list()}
     assert done.fine_tuned_model in model_ids
@@ -122,8 +127,14 @@ def test_too_few_examples_fails_with_openai_code(
 def test_example_longer_than_context_is_named(client: openai.OpenAI, worker: WorkerProcess) -> None:
     lines = chat_jsonl(12).decode().splitlines()
     long_answer = " ".join(["word"] * 5000)
-    lines[4] = json.dumps({"messages": [{"role": "user", "content": "talk"},
-                                        {"role": "assistant", "content": long_answer}]})
+    lines[4] = json.dumps(
+        {
+            "messages": [
+                {"role": "user", "content": "talk"},
+                {"role": "assistant", "content": long_answer},
+            ]
+        }
+    )
     job = create_job(client, upload(client, "\n".join(lines).encode()))
     done = wait_for(client, job.id, TERMINAL)
     assert done.status == "failed"
@@ -140,12 +151,14 @@ def test_cancel_while_running(client: openai.OpenAI, worker: WorkerProcess) -> N
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled"
     time.sleep(3)  # the worker notices within a second or two and stops
-    steps_then = len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
-                      if e.type == "metrics"])
+    steps_then = len(
+        [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    )
     time.sleep(2)
     final = client.fine_tuning.jobs.retrieve(job.id)
-    steps_now = len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
-                     if e.type == "metrics"])
+    steps_now = len(
+        [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    )
     assert final.status == "cancelled" and final.fine_tuned_model is None
     assert steps_now == steps_then < 1200
 
@@ -165,9 +178,7 @@ def test_duplicate_delivery_is_harmless(
     assert len([m for m in client.models.list() if m.id == done.fine_tuned_model]) == 1
 
 
-def test_training_failure_surfaces_as_failed(
-    client: openai.OpenAI, worker: WorkerProcess
-) -> None:
+def test_training_failure_surfaces_as_failed(client: openai.OpenAI, worker: WorkerProcess) -> None:
     """A learning rate so large that the loss turns NaN is refused by the engine, readably."""
     job = create_job(
         client, upload(client, chat_jsonl(12)), training_type="full", learning_rate_multiplier=1e12

@@ -82,10 +82,17 @@ def test_missing_file_is_not_found(client: openai.OpenAI) -> None:
 
 
 def test_broken_jsonl_names_each_bad_line(server: LiveServer, client: openai.OpenAI) -> None:
-    good = json.dumps({"messages": [{"role": "user", "content": "hi"},
-                                    {"role": "assistant", "content": "hello"}]})
-    lines = [good, "{not json", good, json.dumps({"messages": [{"role": "bot", "content": "x"}]}),
-             json.dumps([1, 2]), good]
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    )
+    lines = [
+        good,
+        "{not json",
+        good,
+        json.dumps({"messages": [{"role": "bot", "content": "x"}]}),
+        json.dumps([1, 2]),
+        good,
+    ]
     before = stored_files(server)
     with pytest.raises(openai.BadRequestError) as caught:
         upload(client, "\n".join(lines).encode())
@@ -103,8 +110,11 @@ def test_broken_jsonl_names_each_bad_line(server: LiveServer, client: openai.Ope
         (b"", "empty"),
         (b'{"messages": [{"role": "user", "content": "hi"}]}\n', "assistant"),
         (b'\xff\xfe{"messages": []}\n', "UTF-8"),
-        (b'{"prompt": "a", "completion": "b"}\n{"messages": [{"role": "user", "content": "q"},'
-         b' {"role": "assistant", "content": "a"}]}\n', "mixed"),
+        (
+            b'{"prompt": "a", "completion": "b"}\n{"messages": [{"role": "user", "content": "q"},'
+            b' {"role": "assistant", "content": "a"}]}\n',
+            "mixed",
+        ),
     ],
 )
 def test_dataset_errors_are_explained(client: openai.OpenAI, content: bytes, expected: str) -> None:
@@ -153,9 +163,9 @@ def test_file_part_before_purpose_is_still_validated(server: LiveServer, api_key
     """curl users may send the file first; validation must not depend on part order."""
     boundary = "tunaboundary"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="t.jsonl"\r\n'
         f"Content-Type: application/jsonl\r\n\r\n{{broken\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
         f"--{boundary}--\r\n"
     ).encode()
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from app.db import Database
+from app.fine_tuning.state import JobStatus, transition
 from app.orm import FineTuningJob
 from tests.conftest import LiveServer
 from tests.datasets import chat_jsonl
@@ -45,6 +46,11 @@ def job_queue(server: LiveServer) -> Iterator[RecordingQueue]:
         yield queue
     finally:
         server.app.state.job_queue = real
+        # The jobs never reached a broker; cancel them so that a worker's start-up reconcile
+        # (which enqueues every waiting job) does not train them for later tests.
+        with server.app.state.db.session_scope() as session:
+            for job_id, _ in queue.enqueued:
+                transition(session, job_id, JobStatus.CANCELLED)
 
 
 @dataclass

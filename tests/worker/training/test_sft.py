@@ -193,7 +193,6 @@ def test_lora_adapter_loads_with_peft(
     assert not torch.allclose(tuned(input_ids=ids).logits, before)
 
 
-
 def test_divergence_fails_readably(make_config: MakeConfig, repetitive_file: Path) -> None:
     """A loss that turns NaN or inf stops the run with an error the user can act on."""
     from worker.training.sft import TrainingError

@@ -1,0 +1,77 @@
+"""`/v1/completions` (legacy): raw prompts, lists of prompts, echo, streaming, errors."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.app.inference.conftest import TINY
+
+
+def test_text_completion_shape(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model=TINY, prompt="Once upon a time", temperature=0)
+    assert reply.object == "text_completion"
+    assert reply.id.startswith("cmpl-")
+    assert reply.model == TINY
+    (choice,) = reply.choices
+    assert (choice.index, choice.logprobs, choice.finish_reason) == (0, None, "length")
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 16  # OpenAI's default max_tokens for this endpoint
+    assert reply.usage.prompt_tokens == 4  # raw prompt: no chat template around it
+
+
+def test_prompt_list_n_and_echo(client: openai.OpenAI) -> None:
+    prompts = ["The sky is", "Paris is"]
+    reply = client.completions.create(
+        model=TINY, prompt=prompts, n=2, max_tokens=3, temperature=1.0, seed=9
+    )
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]  # prompt_number * n + sample
+    alone = [
+        client.completions.create(model=TINY, prompt=p, max_tokens=3, temperature=0).choices[0]
+        for p in prompts
+    ]
+    echoed = client.completions.create(
+        model=TINY, prompt=prompts, max_tokens=3, temperature=0, echo=True
+    )
+    assert [c.text for c in echoed.choices] == [
+        p + a.text for p, a in zip(prompts, alone, strict=True)
+    ]
+
+
+def test_streamed_completion_matches(client: openai.OpenAI) -> None:
+    full = client.completions.create(
+        model=TINY, prompt="One two three", max_tokens=5, temperature=0
+    )
+    chunks = list(
+        client.completions.create(
+            model=TINY,
+            prompt="One two three",
+            max_tokens=5,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert all(c.object == "text_completion" for c in chunks)
+    *text_chunks, usage_chunk = chunks
+    assert "".join(c.choices[0].text for c in text_chunks) == full.choices[0].text
+    assert text_chunks[-1].choices[0].finish_reason == "length"
+    assert usage_chunk.choices == [] and usage_chunk.usage == full.usage
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"suffix": "end"}, "suffix"),
+        ({"logprobs": 2}, "logprobs"),
+        ({"best_of": 3}, "best_of"),
+        ({"prompt": [1, 2, 3]}, "prompt"),
+    ],
+)
+def test_unsupported_completion_params(
+    client: openai.OpenAI, extra: dict[str, object], param: str
+) -> None:
+    values: dict[str, object] = {"model": TINY, "prompt": "x", "max_tokens": 2, **extra}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(**values)  # type: ignore[call-overload]
+    assert caught.value.body["param"].startswith(param)  # type: ignore[index]
