@@ -50,8 +50,20 @@ ensure_redis() {
   log "Redis is not reachable on 127.0.0.1:6379"
 }
 
+# The dashboard tests drive Debian's Chromium through Playwright (never `playwright install`,
+# which downloads a browser this machine cannot fetch).
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+    log "installing Debian's chromium for the dashboard tests"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+      >/dev/null 2>&1 || log "could not install chromium"
+  fi
+}
+
 ensure_postgres
 ensure_redis
+ensure_chromium
 
 # `-m "slow or not slow"` selects every test even if someone adds a marker filter to addopts;
 # a later `-m` in "$@" still wins. The timeout bounds a hung test, not a slow suite.
