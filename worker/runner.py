@@ -281,8 +281,8 @@ class JobRunner:
             job = store.job(job_id)
             assert job is not None
             results_file = self._results_file(job, store.metrics_events(job_id))
-            store.add_result_file(job, results_file)
-            store.add_model(
+            store.add_file(results_file)
+            store.publish_model(
                 job,
                 plan.model_id,
                 self._key(Path(result.final_dir)),
@@ -498,8 +498,7 @@ class _JobCallbacks:
             store = JobStore(session)
             job = store.job(self.job_id)
             assert job is not None
-            store.remove_checkpoint(self.job_id, step)  # a resumed run may save a step again
-            store.add_checkpoint(
+            store.record_checkpoint(
                 job,
                 step=step,
                 model_id=model_id,

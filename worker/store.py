@@ -1,7 +1,7 @@
-"""The worker's reads and writes of job rows: events, checkpoints, models, results.
+"""The worker's view of the job tables: the shared repository plus what only a worker asks.
 
-Only this module builds the worker's queries; each method runs inside the caller's session, and
-the runner commits (its edge) after each small unit of progress.
+Each method runs inside the caller's session; the runner commits (its edge) after each small
+unit of progress, so the API shows training live.
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
-from app.ids import new_id
+from app.fine_tuning.repository import FineTuningRepository
 from app.orm import (
     File,
     FineTunedModel,
@@ -21,14 +20,11 @@ from app.orm import (
     FineTuningJob,
     Project,
 )
-from app.orm.base import utcnow
 
 
-class JobStore:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
+class JobStore(FineTuningRepository):
     def job(self, job_id: str) -> FineTuningJob | None:
+        """Re-read from the database: the API may have moved the job since the last look."""
         return self.session.get(FineTuningJob, job_id, populate_existing=True)
 
     def status(self, job_id: str) -> str | None:
@@ -44,26 +40,9 @@ class JobStore:
             select(File).where(File.id == file_id, File.project_id == project_id)
         )
 
-    def add_event(
-        self,
-        job_id: str,
-        message: str,
-        *,
-        level: str = "info",
-        type: str = "message",
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        self.session.add(
-            FineTuningEvent(
-                id=new_id("ftevent-"),
-                job_id=job_id,
-                created_at=utcnow(),
-                level=level,
-                message=message,
-                type=type,
-                data=data,
-            )
-        )
+    def add_file(self, file: File) -> None:
+        self.session.add(file)
+        self.session.flush()
 
     def metrics_events(self, job_id: str) -> list[dict[str, Any]]:
         rows = self.session.scalars(
@@ -74,10 +53,9 @@ class JobStore:
         return [row for row in rows if row]
 
     def last_metrics_step(self, job_id: str) -> int:
-        steps = [int(m.get("step", 0)) for m in self.metrics_events(job_id)]
-        return max(steps, default=0)
+        return max((int(m.get("step", 0)) for m in self.metrics_events(job_id)), default=0)
 
-    def add_checkpoint(
+    def record_checkpoint(
         self,
         job: FineTuningJob,
         *,
@@ -88,73 +66,58 @@ class JobStore:
         training_type: str,
         base_model: str,
     ) -> None:
-        now = utcnow()
-        self.session.add(
-            FineTuningCheckpoint(
-                id=new_id("ftckpt_"),
-                job_id=job.id,
-                project_id=job.project_id,
-                step_number=step,
-                fine_tuned_model_checkpoint=model_id,
-                metrics=metrics,
-                storage_key=storage_key,
-                created_at=now,
-            )
+        """A checkpoint and its callable `...:ckpt-step-N` model; replaces one of the same step
+        (a run resumed after a crash saves that step again)."""
+        self.remove_checkpoint(job.id, step)
+        self.add_checkpoint(
+            job_id=job.id,
+            project_id=job.project_id,
+            step_number=step,
+            fine_tuned_model_checkpoint=model_id,
+            metrics=metrics,
+            storage_key=storage_key,
         )
-        self.add_model(job, model_id, storage_key, training_type, base_model, step, now)
+        self.add_model(
+            model_id=model_id,
+            project_id=job.project_id,
+            job_id=job.id,
+            base_model=base_model,
+            training_type=training_type,
+            storage_key=storage_key,
+            checkpoint_step=step,
+        )
 
     def remove_checkpoint(self, job_id: str, step: int) -> None:
-        model_ids = list(
-            self.session.scalars(
-                select(FineTuningCheckpoint.fine_tuned_model_checkpoint).where(
-                    FineTuningCheckpoint.job_id == job_id,
-                    FineTuningCheckpoint.step_number == step,
-                )
-            )
-        )
-        self.session.execute(
-            delete(FineTuningCheckpoint).where(
+        for checkpoint in self.session.scalars(
+            select(FineTuningCheckpoint).where(
                 FineTuningCheckpoint.job_id == job_id, FineTuningCheckpoint.step_number == step
             )
-        )
-        if model_ids:
-            self.session.execute(delete(FineTunedModel).where(FineTunedModel.id.in_(model_ids)))
+        ).all():
+            self.delete_checkpoint(checkpoint)
 
-    def add_model(
-        self,
-        job: FineTuningJob,
-        model_id: str,
-        storage_key: str,
-        training_type: str,
-        base_model: str,
-        checkpoint_step: int | None = None,
-        created_at: datetime | None = None,
+    def publish_model(
+        self, job: FineTuningJob, model_id: str, storage_key: str, training_type: str, base: str
     ) -> None:
         if self.session.get(FineTunedModel, model_id) is not None:
-            return  # a re-run of the same step (resume after a crash) keeps the first row
-        self.session.add(
-            FineTunedModel(
-                id=model_id,
-                project_id=job.project_id,
-                job_id=job.id,
-                base_model=base_model,
-                training_type=training_type,
-                checkpoint_step=checkpoint_step,
-                storage_key=storage_key,
-                created_at=created_at or utcnow(),
-            )
+            return  # a duplicate run of a finished job keeps the first row
+        self.add_model(
+            model_id=model_id,
+            project_id=job.project_id,
+            job_id=job.id,
+            base_model=base,
+            training_type=training_type,
+            storage_key=storage_key,
         )
-
-    def add_result_file(self, job: FineTuningJob, file: File) -> None:
-        self.session.add(file)
 
     def lost_jobs(self, now: datetime, *, include_waiting: bool) -> list[str]:
         """Jobs a worker should be handling but none is: expired lease, or waiting in the queue."""
         running = select(FineTuningJob.id).where(
             FineTuningJob.status == "running", FineTuningJob.lease_expires_at < now
         )
+        lost = list(self.session.scalars(running))
+        if not include_waiting:
+            return lost
         waiting = select(FineTuningJob.id).where(
             FineTuningJob.status.in_(["validating_files", "queued"])
         )
-        lost = list(self.session.scalars(running))
-        return lost + list(self.session.scalars(waiting)) if include_waiting else lost
+        return lost + list(self.session.scalars(waiting))
