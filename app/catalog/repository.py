@@ -9,12 +9,14 @@ from app.orm import FineTunedModel
 
 
 class ModelRepository:
-    """Reads of `fine_tuned_models`; rows are written by the worker (`FineTuningRepository`)."""
+    """A project's `fine_tuned_models` rows, for /v1/models and inference; the worker writes
+    them (`FineTuningRepository`)."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
 
     def get(self, project_id: str, model_id: str) -> FineTunedModel | None:
+        """Only the owner's rows: another project's id is indistinguishable from an unknown one."""
         return self.session.scalar(
             select(FineTunedModel).where(
                 FineTunedModel.id == model_id, FineTunedModel.project_id == project_id
@@ -27,3 +29,7 @@ class ModelRepository:
             .where(FineTunedModel.project_id == project_id)
             .order_by(FineTunedModel.created_at.desc(), FineTunedModel.id.desc())
         ).all()
+
+    def delete(self, row: FineTunedModel) -> None:
+        self.session.delete(row)
+        self.session.flush()

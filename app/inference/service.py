@@ -24,13 +24,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.catalog.base_models import find_base_model
+from app.catalog.repository import ModelRepository
 from app.config import Settings
 from app.db import after_commit
 from app.errors import APIError, InvalidRequest, NotFound
 from app.files.storage import LocalStorage
 from app.ids import random_token
 from app.inference.engine import InferenceEngine
-from app.inference.repository import FineTunedModelRepository
 from app.inference.schemas import (
     ChatChoice,
     ChatCompletion,
@@ -187,7 +187,7 @@ class InferenceService:
         self.settings = settings
         self.storage = storage
         self.engine = engine
-        self.models = FineTunedModelRepository(session)
+        self.models = ModelRepository(session)
 
     # -- model resolution ----------------------------------------------------------------------
 
