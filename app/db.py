@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 _AFTER_COMMIT = "tuna_after_commit"
 _AFTER_ROLLBACK = "tuna_after_rollback"
+_READY = "tuna_commit_hooks_ready"
 
 
 class Database:
@@ -25,12 +26,16 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
-        event.listen(self.sessions, "after_commit", _run_hooks(_AFTER_COMMIT, _AFTER_ROLLBACK))
-        event.listen(self.sessions, "after_rollback", _run_hooks(_AFTER_ROLLBACK, _AFTER_COMMIT))
+        event.listen(self.sessions, "after_commit", _commit_hooks_ready)
+        event.listen(self.sessions, "after_rollback", _run_rollback_hooks)
 
     @contextmanager
     def session_scope(self) -> Iterator[Session]:
-        """A unit of work: commit on success, roll back on any exception."""
+        """A unit of work: commit on success, roll back on any exception.
+
+        After-commit hooks run once the session has given its connection back, so a hook that
+        opens a session of its own can never wait on the pool its caller is holding.
+        """
         session = self.sessions()
         try:
             yield session
@@ -39,14 +44,18 @@ class Database:
             session.rollback()
             raise
         finally:
+            ready = session.info.pop(_READY, [])
             session.close()
+            for hook in ready:
+                hook()
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
 def make_engine(url: str) -> Engine:
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    # Room for every thread of the API's threadpool (40) to hold a connection at once.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 20, "max_overflow": 30}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     engine = create_engine(url, **kwargs)
@@ -72,14 +81,16 @@ def after_rollback(session: Session, hook: Callable[[], None]) -> None:
     session.info.setdefault(_AFTER_ROLLBACK, []).append(hook)
 
 
-def _run_hooks(key: str, other: str) -> Callable[[Session], None]:
-    def run(session: Session) -> None:
-        hooks = session.info.pop(key, [])
-        session.info.pop(other, None)
-        for hook in hooks:
-            hook()
+def _commit_hooks_ready(session: Session) -> None:
+    session.info.setdefault(_READY, []).extend(session.info.pop(_AFTER_COMMIT, []))
+    session.info.pop(_AFTER_ROLLBACK, None)
 
-    return run
+
+def _run_rollback_hooks(session: Session) -> None:
+    # Clean-up of what the failed transaction staged (files on disk): no database needed.
+    session.info.pop(_AFTER_COMMIT, None)
+    for hook in session.info.pop(_AFTER_ROLLBACK, []):
+        hook()
 
 
 def get_session(request: Request) -> Iterator[Session]:

@@ -447,7 +447,11 @@ class _JobCallbacks:
         self.plan = plan
         self.job_id = plan.job_id
         self._last_poll = 0.0
-        self._last_status: str | None = None
+        self._ownership: tuple[str, str | None, int] | None = (
+            JobStatus.RUNNING,
+            runner.worker_id,
+            plan.attempt,
+        )
         self._started = time.monotonic()
         self._first_step: int | None = None
         with runner.db.session_scope() as session:
@@ -514,17 +518,22 @@ class _JobCallbacks:
             JobStore(session).remove_checkpoint(self.job_id, step)
 
     def should_stop(self) -> Any:
+        """Polled between steps: "cancel" or "pause" when the API asked, and "cancel" when this
+        attempt no longer owns the job (it was requeued and claimed by another attempt)."""
         now = time.monotonic()
         if now - self._last_poll >= STOP_POLL_SECONDS:
             self._last_poll = now
             with self.runner.db.session_scope() as session:
-                self._last_status = JobStore(session).status(self.job_id)
-        if self._last_status == JobStatus.CANCELLED:
-            return "cancel"
-        if self._last_status == JobStatus.PAUSED:
+                self._ownership = JobStore(session).ownership(self.job_id)
+        if self._ownership is None:
+            return "cancel"  # the job row is gone
+        status, worker_id, attempt = self._ownership
+        if worker_id != self.runner.worker_id or attempt != self.plan.attempt:
+            return "cancel"  # never write a pause checkpoint for a job another attempt owns
+        if status == JobStatus.PAUSED:
             return "pause"
-        if self._last_status not in (JobStatus.RUNNING, None):
-            return "cancel"  # failed or requeued elsewhere: this attempt must stop
+        if status != JobStatus.RUNNING:
+            return "cancel"
         return None
 
 

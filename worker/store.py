@@ -27,8 +27,14 @@ class JobStore(FineTuningRepository):
         """Re-read from the database: the API may have moved the job since the last look."""
         return self.session.get(FineTuningJob, job_id, populate_existing=True)
 
-    def status(self, job_id: str) -> str | None:
-        return self.session.scalar(select(FineTuningJob.status).where(FineTuningJob.id == job_id))
+    def ownership(self, job_id: str) -> tuple[str, str | None, int] | None:
+        """(status, worker_id, attempt): enough for an attempt to tell whether it still runs."""
+        row = self.session.execute(
+            select(FineTuningJob.status, FineTuningJob.worker_id, FineTuningJob.attempt).where(
+                FineTuningJob.id == job_id
+            )
+        ).one_or_none()
+        return None if row is None else (row[0], row[1], row[2])
 
     def project(self, project_id: str) -> Project:
         project = self.session.get(Project, project_id)

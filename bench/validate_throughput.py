@@ -1,0 +1,321 @@
+"""Dataset throughput: upload-time validation and tokenization of a large chat JSONL.
+
+A chat JSONL of ``--size-mb`` is generated (streamed to a temporary file, never held in memory),
+then measured:
+
+(a) upload-time validation, ``app.files.validation.validate_file``: MB/s and peak RSS growth.
+    The same is done for a file a quarter the size: memory must be flat in the file size (the
+    validator holds one line at a time), so the two peaks should be about equal.
+(b) tokenization with the SmolLM2 tokenizer, on the chat-template-rendered texts of the first
+    ``--tokenize-mb`` of the file:
+      * ``encode_batch``: the Rust tokenizer's own batch call (all cores), the reference;
+      * ``batched``: the transformers fast tokenizer called on batches of texts with offsets
+        (what a batched data pipeline would do; also parallel over all cores);
+      * ``engine``: ``worker.training.data.tokenize_example`` example by example, which is what
+        ``load_examples`` does today (it renders the template once per assistant prefix and
+        tokenizes one text per call, on one core).
+    MB/s counts rendered-text bytes; the ratios are against ``encode_batch``.
+
+    python bench/validate_throughput.py                  # 200 MB
+    python bench/validate_throughput.py --size-mb 50 --tokenize-mb 8
+
+Targets: validation >= 50 MB/s; tokenization within 90% of ``encode_batch``.  The last line is
+``validation_mb_s X.X``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+BENCH_DIR = Path(__file__).resolve().parent
+for _path in (str(BENCH_DIR.parent), str(BENCH_DIR)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from _common import (  # noqa: E402
+    MIB,
+    chat_example,
+    describe_machine,
+    hwm_bytes,
+    lognormal_length,
+    rss_bytes,
+    trim_heap,
+)
+
+DEFAULT_CACHE = BENCH_DIR.parent / "var" / "model-cache"
+VALIDATION_GOAL_MB_S = 50.0
+TOKENIZATION_GOAL = 0.90
+POOL = 4000  # distinct example lines; the file repeats them in random order
+
+
+@dataclass
+class ValidationRun:
+    size_mb: float
+    seconds: float
+    mb_s: float
+    peak_growth_mb: float
+    examples: int
+    ok: bool
+
+
+@dataclass
+class Result:
+    full: ValidationRun
+    quarter: ValidationRun
+    encode_batch_mb_s: float
+    batched_mb_s: float
+    engine_mb_s: float
+    render_mb_s: float
+    tokenized_mb: float
+    threads: int
+
+    @property
+    def batched_ratio(self) -> float:
+        return self.batched_mb_s / self.encode_batch_mb_s
+
+    @property
+    def engine_ratio(self) -> float:
+        return self.engine_mb_s / self.encode_batch_mb_s
+
+
+# --- the file ---------------------------------------------------------------------------------
+
+
+def example_lines(seed: int) -> list[bytes]:
+    """A pool of JSONL lines: chats of lognormal length (median 256 tokens), ~1/3 prompt."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(POOL):
+        tokens = lognormal_length(rng, 256, 0.9, 32, 1024)
+        example = chat_example(rng, tokens, rng.uniform(0.2, 0.46))
+        lines.append(json.dumps(example, ensure_ascii=False).encode() + b"\n")
+    return lines
+
+
+def chunks(size: int, seed: int) -> Iterator[bytes]:
+    """About ``size`` bytes of JSONL in ~1 MiB chunks, whole lines only."""
+    pool = example_lines(seed)
+    rng = random.Random(seed + 1)
+    written = 0
+    while written < size:
+        buf = []
+        n = 0
+        while n < MIB and written + n < size:
+            line = pool[rng.randrange(len(pool))]
+            buf.append(line)
+            n += len(line)
+        written += n
+        yield b"".join(buf)
+
+
+def write_file(path: Path, size: int, seed: int) -> int:
+    with path.open("wb") as fh:
+        for chunk in chunks(size, seed):
+            fh.write(chunk)
+    return path.stat().st_size
+
+
+# --- (a) validation ---------------------------------------------------------------------------
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_validation(path: Path) -> ValidationRun:
+    """validate_file on ``path``: throughput and the peak RSS growth while it runs."""
+    from app.files.validation import validate_file
+
+    trim_heap()
+    start_rss = rss_bytes()
+    exact = _reset_hwm()
+    peak = start_rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_bytes())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    report = validate_file(path)
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    hwm = hwm_bytes() if exact else None
+    if hwm is not None:
+        peak = max(peak, hwm)
+    size_mb = path.stat().st_size / MIB
+    return ValidationRun(
+        size_mb=size_mb,
+        seconds=seconds,
+        mb_s=size_mb / seconds,
+        peak_growth_mb=(peak - start_rss) / MIB,
+        examples=report.example_count,
+        ok=report.ok,
+    )
+
+
+# --- (b) tokenization -------------------------------------------------------------------------
+
+
+def load_tokenizer(cache_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    from worker.training.base_models import ensure_chat_template, resolve_base_model
+
+    folder = resolve_base_model("tuna-tiny-test", cache_dir)  # SmolLM2's tokenizer
+    return ensure_chat_template(AutoTokenizer.from_pretrained(folder))
+
+
+def read_examples(path: Path, limit: int) -> list[dict[str, Any]]:
+    out, n = [], 0
+    with path.open("rb") as fh:
+        for raw in fh:
+            if n >= limit:
+                break
+            n += len(raw)
+            out.append(json.loads(raw))
+    return out
+
+
+def measure_tokenization(
+    tokenizer: Any, examples: list[dict[str, Any]], batch: int
+) -> dict[str, float]:
+    """MB/s (rendered text) of the three ways to tokenize; see the module docstring."""
+    from worker.training.data import prepare_chat, render_chat, tokenize_example
+
+    template = tokenizer.chat_template
+    started = time.perf_counter()
+    texts = []
+    for ex in examples:
+        messages, _, tools = prepare_chat(ex["messages"], ex.get("tools"), template)
+        texts.append(render_chat(tokenizer, messages, tools))
+    render_s = time.perf_counter() - started
+    mb = sum(len(t.encode()) for t in texts) / MIB
+
+    rust = tokenizer.backend_tokenizer
+    started = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        rust.encode_batch(texts[i : i + batch], add_special_tokens=False)
+    encode_batch_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        tokenizer(texts[i : i + batch], add_special_tokens=False, return_offsets_mapping=True)
+    batched_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    for ex in examples:
+        tokenize_example(tokenizer, ex)
+    engine_s = time.perf_counter() - started
+
+    return {
+        "mb": mb,
+        "render": mb / render_s,
+        "encode_batch": mb / encode_batch_s,
+        "batched": mb / batched_s,
+        "engine": mb / engine_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> Result:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=float, default=200.0)
+    parser.add_argument("--tokenize-mb", type=float, default=16.0)
+    parser.add_argument("--batch", type=int, default=1000, help="texts per tokenizer call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--dir", type=Path, default=None, help="where the temporary files go")
+    args = parser.parse_args(argv)
+
+    print(f"machine: {describe_machine()}")
+    with tempfile.TemporaryDirectory(prefix="tuna-validate-", dir=args.dir) as tmp_name:
+        tmp = Path(tmp_name)
+        full_path, quarter_path = tmp / "full.jsonl", tmp / "quarter.jsonl"
+        started = time.perf_counter()
+        size = write_file(full_path, int(args.size_mb * MIB), args.seed)
+        write_file(quarter_path, int(args.size_mb * MIB / 4), args.seed)
+        print(
+            f"generated {size / MIB:.0f} MB (+ a quarter-size file) of chat JSONL "
+            f"in {time.perf_counter() - started:.1f}s"
+        )
+
+        quarter = measure_validation(quarter_path)
+        full = measure_validation(full_path)
+        for run in (quarter, full):
+            print(
+                f"validate_file {run.size_mb:7.1f} MB: {run.seconds:6.2f}s  "
+                f"{run.mb_s:6.1f} MB/s  peak RSS growth {run.peak_growth_mb:6.1f} MB  "
+                f"{run.examples} examples, {'valid' if run.ok else 'INVALID'}"
+            )
+        flat = full.peak_growth_mb <= quarter.peak_growth_mb + 16
+        print(
+            f"memory flat in file size: {'yes' if flat else 'NO'} "
+            f"({quarter.size_mb:.0f} MB -> {quarter.peak_growth_mb:.1f} MB, "
+            f"{full.size_mb:.0f} MB -> {full.peak_growth_mb:.1f} MB)"
+        )
+
+        tokenizer = load_tokenizer(args.model_cache_dir)
+        examples = read_examples(full_path, int(args.tokenize_mb * MIB))
+    tok = measure_tokenization(tokenizer, examples, args.batch)
+    threads = os.cpu_count() or 1
+    result = Result(
+        full=full,
+        quarter=quarter,
+        encode_batch_mb_s=tok["encode_batch"],
+        batched_mb_s=tok["batched"],
+        engine_mb_s=tok["engine"],
+        render_mb_s=tok["render"],
+        tokenized_mb=tok["mb"],
+        threads=threads,
+    )
+    print(
+        f"tokenization of {tok['mb']:.1f} MB rendered text ({len(examples)} chats, "
+        f"{threads} cores):"
+    )
+    print(f"  encode_batch (Rust, reference):          {result.encode_batch_mb_s:6.2f} MB/s")
+    print(
+        f"  batched fast tokenizer (+offsets):       {result.batched_mb_s:6.2f} MB/s "
+        f"= {result.batched_ratio:.0%} of encode_batch "
+        f"({'ok' if result.batched_ratio >= TOKENIZATION_GOAL else 'below'} the 90% target)"
+    )
+    print(
+        f"  engine data.tokenize_example, 1 by 1:    {result.engine_mb_s:6.2f} MB/s "
+        f"= {result.engine_ratio:.0%} of encode_batch "
+        f"({'ok' if result.engine_ratio >= TOKENIZATION_GOAL else 'below'} the 90% target)"
+    )
+    print(f"  (chat-template rendering alone, 1 render per chat: {result.render_mb_s:.2f} MB/s)")
+    print(
+        f"validation {'meets' if full.mb_s >= VALIDATION_GOAL_MB_S else 'misses'} the "
+        f"{VALIDATION_GOAL_MB_S:.0f} MB/s target"
+    )
+    print(f"validation_mb_s {full.mb_s:.1f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The training benchmark's two paths compute the same thing (no timing is asserted here).
+
+The engine's fast path (examples packed into rows with restarting ``position_ids``, logits only
+where there is a label) must give the same loss, and for LoRA the same gradients, as the plain
+Hugging Face path (a padded batch, logits everywhere, mean cross-entropy over label tokens).
+Then ``bench/train_throughput.py`` runs end to end on the tiny model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENCH = REPO_ROOT / "bench" / "train_throughput.py"
+MODEL_CACHE = REPO_ROOT / "var" / "model-cache"
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tuna_bench_train_throughput", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return load_bench()
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[Path, Any]:
+    from worker.training.base_models import resolve_base_model
+
+    folder = resolve_base_model("tuna-tiny-test", MODEL_CACHE)
+    tokenizer = load_bench().load_tokenizer(MODEL_CACHE)
+    assert tokenizer is not None
+    return folder, tokenizer
+
+
+def padded_loss(model: Any, examples: list[Any], pad_id: int) -> Any:
+    """The plain path: pad to the longest, full logits, HF's mean over label tokens."""
+    longest = max(e.n_tokens for e in examples)
+    ids, mask, labels = [], [], []
+    for e in examples:
+        pad = longest - e.n_tokens
+        ids.append(e.input_ids + [pad_id] * pad)
+        mask.append([1] * e.n_tokens + [0] * pad)
+        labels.append(e.labels + [-100] * pad)
+    out = model(
+        input_ids=torch.tensor(ids),
+        attention_mask=torch.tensor(mask),
+        labels=torch.tensor(labels),
+        use_cache=False,
+    )
+    return out.loss
+
+
+def packed_loss(model: Any, examples: list[Any], row_tokens: int) -> tuple[Any, int]:
+    """The engine's path: packed rows, label-only logits, summed then divided once."""
+    from worker.training.sft import make_row_loss, pack_examples
+
+    rows = pack_examples(examples, row_tokens)
+    row_loss = make_row_loss(model)
+    n_targets = sum(row.n_targets for row in rows)
+    total = sum(row_loss(row, torch.device("cpu"))[0] for row in rows)
+    return total / n_targets, len(rows)
+
+
+def some_examples(bench: ModuleType, tokenizer: Any) -> list[Any]:
+    examples, _ = bench.make_examples(tokenizer, 6, 160, 7, 60.0, 0.8, 49152)
+    return examples
+
+
+def test_packed_label_only_loss_equals_padded_full_logits_loss(
+    bench: ModuleType, tiny: tuple[Path, Any]
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    folder, tokenizer = tiny
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    examples = some_examples(bench, tokenizer)
+    assert len({e.n_tokens for e in examples}) > 1, "lengths must differ so padding happens"
+
+    with torch.no_grad():
+        plain = padded_loss(model, examples, tokenizer.pad_token_id)
+        fast, n_rows = packed_loss(model, examples, row_tokens=400)
+
+    assert n_rows < len(examples), "several examples must share a packed row"
+    assert abs(plain.item() - fast.item()) < 1e-4, (plain.item(), fast.item())
+
+
+def test_lora_losses_and_gradients_agree_between_paths(
+    bench: ModuleType, tiny: tuple[Path, Any]
+) -> None:
+    """With non-zero adapters (B = 0 at init would hide a wrong adapter path)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder, tokenizer = tiny
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = get_peft_model(
+        base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    model.train()
+    examples = some_examples(bench, tokenizer)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    plain = padded_loss(model, examples, tokenizer.pad_token_id)
+    plain_grads = torch.autograd.grad(plain, trainable)
+    fast, _ = packed_loss(model, examples, row_tokens=400)
+    fast_grads = torch.autograd.grad(fast, trainable)
+
+    assert abs(plain.item() - fast.item()) < 1e-4, (plain.item(), fast.item())
+    for g_plain, g_fast in zip(plain_grads, fast_grads, strict=True):
+        torch.testing.assert_close(g_fast, g_plain, rtol=1e-3, atol=1e-6)
+
+
+def test_benchmark_runs_end_to_end_on_the_tiny_model(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = "--model tiny --steps 2 --batch-size 2 --max-len 128 --median-len 64"
+    result = bench.main(argv.split(" "))
+
+    lines = capsys.readouterr().out.splitlines()
+    assert result.loss_parity, "\n".join(lines)
+    assert "loss parity: ok" in lines
+    assert lines[-1].startswith("speedup ")
+    assert float(lines[-1].split()[1]) > 0
+    assert len(result.records) == 3  # 1 warmup + 2 measured rounds
