@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import get_session
-from app.errors import AuthenticationFailed
+from app.errors import AuthenticationFailed, RateLimited
 from app.ids import new_id
 from app.orm import ApiKey, Project
 
@@ -80,8 +84,51 @@ def authenticate(session: Session, authorization: str | None) -> Project:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
+class RateLimiter:
+    """Fixed one-minute windows per key digest, in this process (`requests_per_minute_per_key`).
+
+    Each API process counts on its own: with N processes a key gets up to N times the limit.
+    """
+
+    WINDOW = 60.0
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[int, int]] = {}
+
+    def hit(self, digest: str) -> float | None:
+        """Count one request; None if allowed, else the seconds until the window resets."""
+        now = self.clock()
+        window = int(now // self.WINDOW)
+        with self._lock:
+            start, count = self._windows.get(digest, (window, 0))
+            if start != window:
+                count = 0
+                if len(self._windows) > 10_000:  # forget keys idle since an earlier window
+                    self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
+            if count >= self.per_minute:
+                return (window + 1) * self.WINDOW - now
+            self._windows[digest] = (window, count + 1)
+            return None
+
+
 def current_project(request: Request, session: SessionDep) -> Project:
-    return authenticate(session, request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    project = authenticate(session, authorization)
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None and authorization:
+        retry_after = limiter.hit(hash_key(authorization[7:].strip()))
+        if retry_after is not None:
+            seconds = max(1, math.ceil(retry_after))
+            raise RateLimited(
+                f"Rate limit reached: {limiter.per_minute} requests per minute for this API key. "
+                f"Try again in {seconds}s.",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(seconds)},
+            )
+    return project
 
 
 CurrentProject = Annotated[Project, Depends(current_project)]

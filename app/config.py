@@ -43,6 +43,22 @@ class Settings(BaseSettings):
         description="A running job whose worker has not renewed its lease for this long is "
         "returned to the queue",
     )
+    # Quotas (see docs/reliability.md); None or 0 means unlimited, the default.
+    max_running_jobs_per_project: int | None = Field(
+        default=None,
+        description="Jobs a project may have in validating_files/queued/running at once; "
+        "creating one more answers 429 (code quota_exceeded)",
+    )
+    max_storage_bytes_per_project: int | None = Field(
+        default=None,
+        description="Total bytes of a project's files; an upload beyond it answers 400 "
+        "(code storage_quota_exceeded) and stores nothing",
+    )
+    requests_per_minute_per_key: int | None = Field(
+        default=None,
+        description="Requests one API key may make per minute (per API process); beyond it "
+        "429 with retry-after",
+    )
     enable_test_models: bool = Field(
         default=False, description="Expose the tiny random test model as a base model"
     )

@@ -13,7 +13,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("tuna.errors")
 
@@ -100,7 +102,34 @@ def _describe_validation_error(exc: RequestValidationError) -> tuple[str, str | 
 _STATUS_TYPES = {401: "invalid_request_error", 404: "invalid_request_error"}
 
 
+class RejectNulBytes:
+    """400 for a NUL character in the path or query string, before any handler runs.
+
+    No id, cursor or filter can contain one, and PostgreSQL refuses them in text parameters:
+    without this the same request was a 404 on SQLite and a 500 on PostgreSQL.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope.get("path", "")
+            or b"%00" in scope.get("query_string", b"")
+            or b"\x00" in scope.get("query_string", b"")
+        ):
+            body = error_body(
+                "The request URL contains a NUL character.", "invalid_request_error", None,
+                "invalid_url",
+            )  # fmt: skip
+            await JSONResponse(body, status_code=400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_middleware(RejectNulBytes)
+
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
@@ -125,6 +154,19 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body(message, error_type, None, code),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(DataError)
+    async def _data_error(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the schema let through (a NUL character in a JSON
+        # string on PostgreSQL, a number beyond a column's range): the request is at fault.
+        logger.info("database refused a value on %s %s: %s", request.method, request.url.path, exc)
+        message = (
+            "The request contains a value that cannot be stored or searched for "
+            "(for example a NUL character or a number out of range)."
+        )
+        return JSONResponse(
+            error_body(message, "invalid_request_error", None, "invalid_value"), status_code=400
         )
 
     @app.exception_handler(Exception)

@@ -395,8 +395,8 @@ def main(argv: list[str] | None = None) -> Result:
         "--engine-row-tokens",
         type=int,
         default=None,
-        help="the engine's packed row length (its max_seq_len; default --max-len). "
-        "1 puts every example in a row of its own.",
+        help="override the engine's row length (default: its own choice, "
+        "sft.packed_row_tokens: one example per row on CPU, packed to --max-len on CUDA)",
     )
     parser.add_argument("--weights", choices=("auto", "real", "random"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -450,7 +450,6 @@ def main(argv: list[str] | None = None) -> Result:
         batches = [
             examples[i : i + args.batch_size] for i in range(0, len(examples), args.batch_size)
         ]
-        row_tokens = args.engine_row_tokens or args.max_len
 
         cfg = TrainingConfig(
             base_model=MODELS[args.model][0] or args.model,
@@ -461,7 +460,7 @@ def main(argv: list[str] | None = None) -> Result:
             n_epochs=1,
             batch_size=args.batch_size,
             seed=args.seed,
-            max_seq_len=max(8, row_tokens),
+            max_seq_len=args.max_len,
             device=args.device,
         )
         hp = resolve_hyperparameters(len(examples), sum(e.n_tokens for e in examples), cfg)
@@ -485,8 +484,17 @@ def main(argv: list[str] | None = None) -> Result:
 
         engine_opt, engine_sched = optimizer_and_schedule(engine_model)
         run = sft._Run(
-            cfg, engine_model, tokenizer, engine_opt, engine_sched, hp, device, row_tokens
+            cfg,
+            engine_model,
+            tokenizer,
+            engine_opt,
+            engine_sched,
+            hp,
+            device,
+            args.max_len,
+            row_tokens=args.engine_row_tokens or None,
         )
+        row_tokens = run.row_tokens
 
         records = []
         for i, batch in enumerate(batches):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.orm import File
@@ -16,6 +16,13 @@ class FileRepository:
     def add(self, file: File) -> None:
         self.session.add(file)
         self.session.flush()
+
+    def total_bytes(self, project_id: str, *, now: datetime) -> int:
+        """Bytes of the project's files that have not expired."""
+        query = select(func.coalesce(func.sum(File.bytes), 0)).where(
+            File.project_id == project_id, or_(File.expires_at.is_(None), File.expires_at > now)
+        )
+        return int(self.session.scalar(query) or 0)
 
     def get(self, project_id: str, file_id: str, *, now: datetime) -> File | None:
         return self.session.scalar(

@@ -65,6 +65,7 @@ class FileService:
         if form.file is None:
             raise InvalidRequest("Missing required parameter: 'file'.", param="file")
         expires_at = self._expiry(form.fields)
+        self._check_storage_quota(project, form.file.size)
 
         report: ValidationReport | None = None
         if purpose == "fine-tune":
@@ -96,6 +97,20 @@ class FileService:
         self.files.add(row)
         self._place_after_commit(form.file.temp_path, row.storage_key)
         return row
+
+    def _check_storage_quota(self, project: Project, size: int) -> None:
+        # Checked once the size is known (after streaming); the caller deletes the temp file.
+        limit = self.settings.max_storage_bytes_per_project
+        if not limit:
+            return
+        used = self.files.total_bytes(project.id, now=utcnow())
+        if used + size > limit:
+            raise InvalidRequest(
+                f"This upload of {size} bytes would exceed the project's storage quota: "
+                f"{used} of {limit} bytes are in use. Delete files to make room.",
+                param="file",
+                code="storage_quota_exceeded",
+            )
 
     def _place_after_commit(self, temp_path: Path, key: str) -> None:
         # Moved into place now so the worker can read it as soon as the row is visible; a

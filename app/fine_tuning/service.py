@@ -14,12 +14,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.catalog.base_models import find_base_model
 from app.config import Settings
 from app.db import after_commit
-from app.errors import InvalidRequest, NotFound
+from app.errors import InvalidRequest, NotFound, RateLimited
 from app.files.repository import FileRepository
 from app.fine_tuning import hyperparameters as hp
 from app.fine_tuning.queue import JobQueue
@@ -32,6 +33,9 @@ from app.orm.base import utcnow
 from app.pagination import Page
 
 logger = logging.getLogger("tuna.fine_tuning")
+
+# Statuses that count against `max_running_jobs_per_project` (paused jobs hold no worker).
+ACTIVE_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
 
 SUFFIX_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_SEED = 2_147_483_647
@@ -77,6 +81,7 @@ class FineTuningService:
                 code="model_not_found",
             )
         self._check_file(project, request.training_file, "training_file")
+        self._check_running_quota(project)
         if request.validation_file is not None:
             self._check_file(project, request.validation_file, "validation_file")
 
@@ -111,6 +116,26 @@ class FineTuningService:
             self.jobs.add_event(job.id, f"Validating validation file: {job.validation_file}")
         self._enqueue_after_commit(job.id)
         return job
+
+    def _check_running_quota(self, project: Project) -> None:
+        # A soft limit: two creates racing past the count may both get in (one over).
+        limit = self.settings.max_running_jobs_per_project
+        if not limit:
+            return
+        active = self.session.scalar(
+            select(func.count())
+            .select_from(FineTuningJob)
+            .where(
+                FineTuningJob.project_id == project.id,
+                FineTuningJob.status.in_([status.value for status in ACTIVE_STATUSES]),
+            )
+        )
+        if (active or 0) >= limit:
+            raise RateLimited(
+                f"This project already has {active} fine-tuning jobs validating, queued or "
+                f"running (the limit is {limit}). Wait for one to finish or cancel one.",
+                code="quota_exceeded",
+            )
 
     def _check_file(self, project: Project, file_id: str, param: str) -> None:
         # Another project's file is looked up with this project's id, so it is exactly as

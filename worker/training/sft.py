@@ -274,6 +274,18 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
     )
 
 
+def packed_row_tokens(device: torch.device, max_seq_len: int) -> int:
+    """How many tokens one forward row may hold.
+
+    Packing several examples into a row pays where attention runs per example on the GPU
+    (flash-attention's varlen path, or SDPA's fused kernels over a few long rows instead of
+    many short launches). On the CPU a packed row makes SDPA compute every cross-example score
+    only to mask it away, so each example gets a row of its own: still no padding, and no
+    attention work between examples (measured in bench/train_throughput.py).
+    """
+    return max_seq_len if device.type == "cuda" else 1
+
+
 class _Run:
     """The pieces of one run the step, evaluation and checkpoint code share."""
 
@@ -287,17 +299,19 @@ class _Run:
         hp: ResolvedHyperparameters,
         device: torch.device,
         max_seq_len: int,
+        row_tokens: int | None = None,
     ) -> None:
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.optimizer, self.scheduler, self.hp = optimizer, scheduler, hp
         self.device, self.max_seq_len = device, max_seq_len
+        self.row_tokens = row_tokens or packed_row_tokens(device, max_seq_len)
         self.fingerprint = _fingerprint(config.training_file)
         self.forward = make_row_loss(model)
 
     def train_step(self, batch: list[TokenizedExample], step: int) -> tuple[float, float, int]:
         """One optimizer step on ``batch``; returns (loss, token accuracy, tokens processed)."""
         self.model.train()
-        rows = pack_examples(batch, self.max_seq_len)
+        rows = pack_examples(batch, self.row_tokens)
         n_targets = sum(row.n_targets for row in rows)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, correct = 0.0, 0
@@ -326,7 +340,7 @@ class _Run:
     def evaluate(self, examples: list[TokenizedExample]) -> tuple[float, float]:
         """(loss, token accuracy) over all label tokens of ``examples``; no RNG is consumed."""
         self.model.eval()
-        rows = pack_examples(examples, self.max_seq_len)
+        rows = pack_examples(examples, self.row_tokens)
         loss_sum, correct = 0.0, 0
         for row in rows:
             with self._autocast():

@@ -1,0 +1,387 @@
+"""Tenant isolation, route by route: project B's key never reaches project A's objects.
+
+The table below has one entry per (method, route) under /v1; `test_every_route_has_a_case`
+derives the routes from the app itself, so a new endpoint without a case fails the suite.
+Project A owns one of each object kind: a file, a fine-tuning job (created through the API; it
+never trains), its events, a checkpoint, and two `ft:` models (the final model and a checkpoint
+model, inserted as rows with a dummy storage folder). For B, every read or change of one of them
+must be a 404 (never 200 or 403: a 403 would confirm that the id exists), no body may carry A's
+data, and B's lists must not include A's objects. A's own key still sees everything afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+from sqlalchemy import select
+
+from app.fine_tuning.state import JobStatus, transition
+from app.orm import FineTunedModel, FineTuningCheckpoint, FineTuningEvent, Project
+from tests.conftest import LiveServer
+from tests.datasets import chat_jsonl
+
+TINY = "tuna-tiny-test"
+
+
+class _NoQueue:
+    """Stands in for the broker: these jobs must never train (nor reach a later test's worker)."""
+
+    def enqueue(self, job_id: str) -> None:
+        pass
+
+
+@dataclass
+class World:
+    server: LiveServer
+    a: httpx.Client
+    b: httpx.Client
+    a_name: str
+    a_filename: str
+    a_file: str
+    a_job: str
+    a_event: str
+    a_checkpoint: str
+    a_model: str
+    a_ckpt_model: str
+    b_file: str
+    b_job: str
+
+    @property
+    def a_ids(self) -> list[str]:
+        return [
+            self.a_file,
+            self.a_job,
+            self.a_event,
+            self.a_checkpoint,
+            self.a_model,
+            self.a_ckpt_model,
+        ]
+
+    @property
+    def a_models(self) -> list[str]:
+        return [self.a_model, self.a_ckpt_model]
+
+
+def _upload(http: httpx.Client, filename: str) -> str:
+    response = http.post(
+        "/v1/files",
+        files={"file": (filename, io.BytesIO(chat_jsonl(12)), "application/jsonl")},
+        data={"purpose": "fine-tune"},
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def _create_job(http: httpx.Client, file_id: str) -> str:
+    response = http.post(
+        "/v1/fine_tuning/jobs", json={"model": TINY, "training_file": file_id, "suffix": "iso"}
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+@pytest.fixture
+def world(server: LiveServer) -> Iterator[World]:
+    a_name = f"iso-a-{uuid.uuid4().hex[:10]}"
+    a = server.http(server.new_key(a_name))
+    b = server.http(server.new_key())
+    real_queue = server.app.state.job_queue
+    server.app.state.job_queue = _NoQueue()
+    jobs: list[str] = []
+    try:
+        a_filename = f"secret-{uuid.uuid4().hex}.jsonl"
+        a_file = _upload(a, a_filename)
+        a_job = _create_job(a, a_file)
+        jobs.append(a_job)
+        b_file = _upload(b, "b.jsonl")
+        b_job = _create_job(b, b_file)
+        jobs.append(b_job)
+
+        storage = server.app.state.storage
+        final_key = f"jobs/{a_job}/final"
+        ckpt_key = f"jobs/{a_job}/checkpoints/step-3"
+        for key in (final_key, ckpt_key):
+            storage.path(key).mkdir(parents=True, exist_ok=True)
+            (storage.path(key) / "README").write_text("dummy: never loaded")
+        a_model = f"ft:{TINY}:{a_name}:iso:{a_job[-8:]}"
+        a_ckpt_model = f"{a_model}:ckpt-step-3"
+        a_checkpoint = "ftckpt_" + uuid.uuid4().hex[:24]
+        with server.app.state.db.session_scope() as session:
+            project_id = session.scalar(select(Project.id).where(Project.name == a_name))
+            assert project_id
+            session.add(
+                FineTuningCheckpoint(
+                    id=a_checkpoint,
+                    job_id=a_job,
+                    project_id=project_id,
+                    step_number=3,
+                    fine_tuned_model_checkpoint=a_ckpt_model,
+                    metrics={"step": 3, "train_loss": 1.0},
+                    storage_key=ckpt_key,
+                )
+            )
+            for model_id, key, step in ((a_model, final_key, None), (a_ckpt_model, ckpt_key, 3)):
+                session.add(
+                    FineTunedModel(
+                        id=model_id,
+                        project_id=project_id,
+                        job_id=a_job,
+                        base_model=TINY,
+                        training_type="lora",
+                        checkpoint_step=step,
+                        storage_key=key,
+                    )
+                )
+            a_event = session.scalar(
+                select(FineTuningEvent.id).where(FineTuningEvent.job_id == a_job).limit(1)
+            )
+            assert a_event
+        yield World(
+            server, a, b, a_name, a_filename, a_file, a_job, a_event, a_checkpoint, a_model,
+            a_ckpt_model, b_file, b_job,
+        )  # fmt: skip
+    finally:
+        server.app.state.job_queue = real_queue
+        with server.app.state.db.session_scope() as session:
+            for job_id in jobs:
+                transition(session, job_id, JobStatus.CANCELLED)
+        a.close()
+        b.close()
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+def assert_hidden(world: World, response: httpx.Response, requested: str | None = None) -> None:
+    """A 404 in OpenAI's envelope that tells nothing about A beyond the id B itself sent."""
+    assert response.status_code == 404, (response.status_code, response.text)
+    assert set(response.json()) == {"error"}
+    text = response.text
+    for secret in [*world.a_ids, world.a_name, world.a_filename]:
+        if secret != requested and not (requested and secret in requested):
+            assert secret not in text, (secret, text)
+
+
+def assert_excludes(world: World, response: httpx.Response) -> None:
+    assert response.status_code == 200, response.text
+    for secret in [*world.a_ids, world.a_name, world.a_filename]:
+        assert secret not in response.text, secret
+
+
+def assert_a_intact(world: World) -> None:
+    """B's attempts changed nothing: A still reads each object (and the job did not move)."""
+    assert world.a.get(f"/v1/files/{world.a_file}").status_code == 200
+    assert world.a.get(f"/v1/files/{world.a_file}/content").status_code == 200
+    job = world.a.get(f"/v1/fine_tuning/jobs/{world.a_job}")
+    assert job.status_code == 200 and job.json()["status"] == "validating_files"
+    events = world.a.get(f"/v1/fine_tuning/jobs/{world.a_job}/events").json()["data"]
+    assert world.a_event in [event["id"] for event in events]
+    ckpts = world.a.get(f"/v1/fine_tuning/jobs/{world.a_job}/checkpoints").json()["data"]
+    assert [ckpt["id"] for ckpt in ckpts] == [world.a_checkpoint]
+    for model in world.a_models:
+        assert world.a.get(f"/v1/models/{model}").status_code == 200
+    listed = [m["id"] for m in world.a.get("/v1/models").json()["data"]]
+    assert set(world.a_models) <= set(listed)
+
+
+def _chat(model: str) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+def _completion(model: str) -> dict[str, object]:
+    return {"model": model, "prompt": "hi", "max_tokens": 2}
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def case_files_create(w: World) -> None:
+    """B's upload is B's alone: A can neither list nor read it."""
+    assert w.a.get(f"/v1/files/{w.b_file}").status_code == 404
+    assert w.b_file not in w.a.get("/v1/files").text
+    new_file = _upload(w.b, "b2.jsonl")
+    assert w.a.get(f"/v1/files/{new_file}").status_code == 404
+    assert new_file not in w.a.get("/v1/files").text
+
+
+def case_files_list(w: World) -> None:
+    assert_excludes(w, w.b.get("/v1/files"))
+    assert_excludes(w, w.b.get("/v1/files", params={"purpose": "fine-tune", "order": "asc"}))
+    # A's id as a cursor is answered exactly as an id that never existed.
+    bogus = w.b.get("/v1/files", params={"after": "file-doesnotexist000000000"})
+    foreign = w.b.get("/v1/files", params={"after": w.a_file})
+    assert foreign.status_code == bogus.status_code
+    assert w.a_filename not in foreign.text
+
+
+def case_files_retrieve(w: World) -> None:
+    assert_hidden(w, w.b.get(f"/v1/files/{w.a_file}"), w.a_file)
+
+
+def case_files_delete(w: World) -> None:
+    assert_hidden(w, w.b.delete(f"/v1/files/{w.a_file}"), w.a_file)
+
+
+def case_files_content(w: World) -> None:
+    response = w.b.get(f"/v1/files/{w.a_file}/content")
+    assert_hidden(w, response, w.a_file)
+    assert b"What is" not in response.content
+
+
+def case_jobs_create(w: World) -> None:
+    """A's file id is as absent for B as a file that never existed."""
+    foreign = w.b.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": w.a_file})
+    bogus = w.b.post(
+        "/v1/fine_tuning/jobs", json={"model": TINY, "training_file": "file-doesnotexist0000000"}
+    )
+    assert foreign.status_code == bogus.status_code == 400, foreign.text
+    assert foreign.json()["error"]["code"] == bogus.json()["error"]["code"] == "file_not_found"
+    foreign_val = w.b.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": TINY, "training_file": w.b_file, "validation_file": w.a_file},
+    )
+    assert foreign_val.status_code == 400
+    assert foreign_val.json()["error"]["code"] == "file_not_found"
+
+
+def case_jobs_list(w: World) -> None:
+    assert_excludes(w, w.b.get("/v1/fine_tuning/jobs"))
+    assert_excludes(w, w.b.get("/v1/fine_tuning/jobs", params={"metadata": "null"}))
+    bogus = w.b.get("/v1/fine_tuning/jobs", params={"after": "ftjob-doesnotexist0000000"})
+    foreign = w.b.get("/v1/fine_tuning/jobs", params={"after": w.a_job})
+    assert foreign.status_code == bogus.status_code
+    assert_excludes(w, foreign) if foreign.status_code == 200 else assert_hidden(
+        w, foreign, w.a_job
+    )
+
+
+def case_jobs_retrieve(w: World) -> None:
+    assert_hidden(w, w.b.get(f"/v1/fine_tuning/jobs/{w.a_job}"), w.a_job)
+
+
+def case_jobs_cancel(w: World) -> None:
+    assert_hidden(w, w.b.post(f"/v1/fine_tuning/jobs/{w.a_job}/cancel"), w.a_job)
+
+
+def case_jobs_pause(w: World) -> None:
+    assert_hidden(w, w.b.post(f"/v1/fine_tuning/jobs/{w.a_job}/pause"), w.a_job)
+
+
+def case_jobs_resume(w: World) -> None:
+    assert_hidden(w, w.b.post(f"/v1/fine_tuning/jobs/{w.a_job}/resume"), w.a_job)
+
+
+def case_events(w: World) -> None:
+    assert_hidden(w, w.b.get(f"/v1/fine_tuning/jobs/{w.a_job}/events"), w.a_job)
+    # A's event id as a cursor on B's own job: not found, like any unknown event.
+    response = w.b.get(f"/v1/fine_tuning/jobs/{w.b_job}/events", params={"after": w.a_event})
+    assert_hidden(w, response, w.a_event)
+
+
+def case_checkpoints(w: World) -> None:
+    assert_hidden(w, w.b.get(f"/v1/fine_tuning/jobs/{w.a_job}/checkpoints"), w.a_job)
+    response = w.b.get(
+        f"/v1/fine_tuning/jobs/{w.b_job}/checkpoints", params={"after": w.a_checkpoint}
+    )
+    assert_hidden(w, response, w.a_checkpoint)
+
+
+def case_models_list(w: World) -> None:
+    assert_excludes(w, w.b.get("/v1/models"))
+
+
+def case_models_retrieve(w: World) -> None:
+    for model in w.a_models:
+        assert_hidden(w, w.b.get(f"/v1/models/{model}"), model)
+
+
+def case_models_delete(w: World) -> None:
+    for model in w.a_models:
+        assert_hidden(w, w.b.delete(f"/v1/models/{model}"), model)
+    for model in w.a_models:
+        assert w.server.app.state.storage.path(
+            f"jobs/{w.a_job}/final" if model == w.a_model else f"jobs/{w.a_job}/checkpoints/step-3"
+        ).is_dir()
+
+
+def case_chat(w: World) -> None:
+    for model in w.a_models:
+        for stream in (False, True):
+            body = {**_chat(model), "stream": stream}
+            assert_hidden(w, w.b.post("/v1/chat/completions", json=body), model)
+
+
+def case_completions(w: World) -> None:
+    for model in w.a_models:
+        for stream in (False, True):
+            body = {**_completion(model), "stream": stream}
+            assert_hidden(w, w.b.post("/v1/completions", json=body), model)
+
+
+CASES: dict[tuple[str, str], Callable[[World], None]] = {
+    ("POST", "/v1/files"): case_files_create,
+    ("GET", "/v1/files"): case_files_list,
+    ("GET", "/v1/files/{file_id}"): case_files_retrieve,
+    ("DELETE", "/v1/files/{file_id}"): case_files_delete,
+    ("GET", "/v1/files/{file_id}/content"): case_files_content,
+    ("POST", "/v1/fine_tuning/jobs"): case_jobs_create,
+    ("GET", "/v1/fine_tuning/jobs"): case_jobs_list,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}"): case_jobs_retrieve,
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"): case_jobs_cancel,
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/pause"): case_jobs_pause,
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/resume"): case_jobs_resume,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/events"): case_events,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): case_checkpoints,
+    ("GET", "/v1/models"): case_models_list,
+    ("GET", "/v1/models/{model}"): case_models_retrieve,
+    ("DELETE", "/v1/models/{model}"): case_models_delete,
+    ("POST", "/v1/chat/completions"): case_chat,
+    ("POST", "/v1/completions"): case_completions,
+}
+
+
+def _walk(routes: list[object]) -> Iterator[APIRoute]:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        # FastAPI >= 0.16x keeps included routers as nodes instead of copying their routes.
+        child = getattr(route, "original_router", None) or getattr(route, "router", None)
+        if child is not None and child is not route and hasattr(child, "routes"):
+            yield from _walk(list(child.routes))
+
+
+def api_routes(server: LiveServer) -> set[tuple[str, str]]:
+    """Every (method, path) under /v1: from the OpenAPI schema and from the routing tree (so a
+    route left out of the schema is still found); `{model:path}` is written `{model}`."""
+    routes = {
+        (method.upper(), path)
+        for path, item in server.app.openapi()["paths"].items()
+        for method in item
+        if path.startswith("/v1")
+    }
+    for route in _walk(list(server.app.routes)):
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        if path.startswith("/v1"):
+            routes |= {(method, path) for method in route.methods if method != "HEAD"}
+    return routes
+
+
+def test_every_route_has_a_case(server: LiveServer) -> None:
+    routes = api_routes(server)
+    assert routes - set(CASES) == set(), "a /v1 route has no cross-project case"
+    assert set(CASES) - routes == set(), "a case names a route that no longer exists"
+
+
+@pytest.mark.parametrize("route", list(CASES), ids=[f"{m} {p}" for m, p in CASES])
+def test_other_project_sees_nothing(world: World, route: tuple[str, str]) -> None:
+    # A sees its own objects first: the 404s below are isolation, not missing fixtures.
+    assert_a_intact(world)
+    CASES[route](world)
+    assert_a_intact(world)
