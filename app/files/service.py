@@ -36,8 +36,8 @@ class FileService:
         temp_path = self.storage.new_temp_path()
         validators: list[DatasetValidator] = []
 
-        def validate_during_upload(fields: dict[str, str]) -> ChunkSink | None:
-            if fields.get("purpose") != "fine-tune":
+        def validate_during_upload(fields_so_far: dict[str, str]) -> ChunkSink | None:
+            if fields_so_far.get("purpose") != "fine-tune":
                 return None
             validators.append(DatasetValidator(max_errors=self.settings.max_reported_line_errors))
             return validators[0]

@@ -70,7 +70,11 @@ class UpstreamEngine:
             url,
             api_key=settings.inference_upstream_api_key,
             model_names=settings.inference_upstream_models,
-            adapter_root=settings.inference_upstream_adapter_root,
+            adapter_root=(
+                str(settings.inference_upstream_adapter_root)
+                if settings.inference_upstream_adapter_root
+                else None
+            ),
             timeout=settings.inference_upstream_timeout,
         )
 
