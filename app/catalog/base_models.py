@@ -7,7 +7,6 @@ a production user must never be able to fine-tune random weights by accident.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 from app.config import Settings
@@ -17,11 +16,7 @@ TEST_MODELS = frozenset({"tuna-tiny-test"})
 
 
 def _registry(local_models: dict[str, Path], include_test_models: bool) -> list[BaseModelInfo]:
-    # The registry may or may not filter test models itself; filter here either way.
-    if "include_test_models" in inspect.signature(list_base_models).parameters:
-        infos = list_base_models(local_models, include_test_models=include_test_models)  # type: ignore[call-arg]
-    else:
-        infos = list_base_models(local_models)
+    infos = list_base_models(local_models)
     if include_test_models:
         return infos
     return [info for info in infos if info.name not in TEST_MODELS]
