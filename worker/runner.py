@@ -23,10 +23,10 @@ from sqlalchemy import func
 
 from app.config import Settings
 from app.db import Database
+from app.files.service import FileService
 from app.files.storage import LocalStorage
 from app.fine_tuning.state import JobStatus, transition
-from app.ids import new_id
-from app.orm import File, FineTuningJob
+from app.orm import FineTuningJob
 from app.orm.base import utcnow
 from worker.store import JobStore
 
@@ -280,8 +280,12 @@ class JobRunner:
             store = JobStore(session)
             job = store.job(job_id)
             assert job is not None
-            results_file = self._results_file(job, store.metrics_events(job_id))
-            store.add_file(results_file)
+            results_file = FileService(session, self.storage, self.settings).store_bytes(
+                job.project_id,
+                results_csv(store.metrics_events(job_id)),
+                filename="step_metrics.csv",
+                purpose="fine-tune-results",
+            )
             store.publish_model(
                 job,
                 plan.model_id,
@@ -308,39 +312,6 @@ class JobRunner:
                 return
             store.add_event(job_id, f"New fine-tuned model created: {plan.model_id}")
             store.add_event(job_id, "The job has successfully completed")
-
-    def _results_file(self, job: FineTuningJob, metrics: list[dict[str, Any]]) -> File:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(
-            ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
-        )
-        for m in metrics:
-            writer.writerow(
-                [
-                    m.get("step"),
-                    _fmt(m.get("train_loss")),
-                    _fmt(m.get("train_mean_token_accuracy")),
-                    _fmt(m.get("valid_loss")),
-                    _fmt(m.get("valid_mean_token_accuracy")),
-                ]
-            )
-        content = buffer.getvalue().encode()
-        temp = self.storage.new_temp_path()
-        temp.write_bytes(content)
-        file_id = new_id("file-")
-        key = f"{job.project_id}/{file_id}"
-        self.storage.put(temp, key)
-        return File(
-            id=file_id,
-            project_id=job.project_id,
-            filename="step_metrics.csv",
-            purpose="fine-tune-results",
-            bytes=len(content),
-            status="processed",
-            storage_key=key,
-            created_at=utcnow(),
-        )
 
     def _fail(self, job_id: str, exc: BaseException) -> None:
         code, message, param = describe_failure(exc)
@@ -393,6 +364,26 @@ CHECKPOINT_METRICS = (
 def _checkpoint_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """OpenAI's checkpoint metrics; the engine's extras (learning rate, speed) stay in events."""
     return {k: float(metrics[k]) for k in CHECKPOINT_METRICS if metrics.get(k) is not None}
+
+
+def results_csv(metrics: list[dict[str, Any]]) -> bytes:
+    """OpenAI's results file: one row per step, in the columns its users parse."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    )
+    for m in metrics:
+        writer.writerow(
+            [
+                m.get("step"),
+                _fmt(m.get("train_loss")),
+                _fmt(m.get("train_mean_token_accuracy")),
+                _fmt(m.get("valid_loss")),
+                _fmt(m.get("valid_mean_token_accuracy")),
+            ]
+        )
+    return buffer.getvalue().encode()
 
 
 def _fmt(value: Any) -> str:

@@ -46,10 +46,6 @@ class JobStore(FineTuningRepository):
             select(File).where(File.id == file_id, File.project_id == project_id)
         )
 
-    def add_file(self, file: File) -> None:
-        self.session.add(file)
-        self.session.flush()
-
     def metrics_events(self, job_id: str) -> list[dict[str, Any]]:
         rows = self.session.scalars(
             select(FineTuningEvent.data)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -80,22 +80,51 @@ class FileService:
             if not report.ok:
                 raise InvalidRequest(report.summary(), param="file", code="invalid_file_format")
 
+        return self._add(
+            project.id,
+            form.file.temp_path,
+            filename=_clean_filename(form.file.filename),
+            purpose=purpose,
+            size=form.file.size,
+            report=report,
+            expires_at=expires_at,
+        )
+
+    def store_bytes(self, project_id: str, content: bytes, *, filename: str, purpose: str) -> File:
+        """A file the server writes itself (a job's results CSV), stored exactly like an upload."""
+        temp_path = self.storage.new_temp_path()
+        temp_path.write_bytes(content)
+        return self._add(
+            project_id, temp_path, filename=filename, purpose=purpose, size=len(content)
+        )
+
+    def _add(
+        self,
+        project_id: str,
+        temp_path: Path,
+        *,
+        filename: str,
+        purpose: str,
+        size: int,
+        report: ValidationReport | None = None,
+        expires_at: datetime | None = None,
+    ) -> File:
         file_id = new_id("file-")
         row = File(
             id=file_id,
-            project_id=project.id,
-            filename=_clean_filename(form.file.filename),
+            project_id=project_id,
+            filename=filename,
             purpose=purpose,
-            bytes=form.file.size,
+            bytes=size,
             status="processed",
-            storage_key=f"{project.id}/{file_id}",
+            storage_key=f"{project_id}/{file_id}",
             data_format=report.format.value if report and report.format else None,
             example_count=report.example_count if report else None,
             created_at=utcnow(),
             expires_at=expires_at,
         )
         self.files.add(row)
-        self._place_after_commit(form.file.temp_path, row.storage_key)
+        self._place_after_commit(temp_path, row.storage_key)
         return row
 
     def _check_storage_quota(self, project: Project, size: int) -> None:
@@ -118,7 +147,7 @@ class FileService:
         self.storage.put(temp_path, key)
         after_rollback(self.session, lambda: self.storage.delete(key))
 
-    def _expiry(self, fields: dict[str, str]):  # type: ignore[no-untyped-def]
+    def _expiry(self, fields: dict[str, str]) -> datetime | None:
         anchor = fields.get("expires_after[anchor]")
         seconds = fields.get("expires_after[seconds]")
         if anchor is None and seconds is None:
