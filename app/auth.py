@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import secrets
 import threading
@@ -15,10 +16,13 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.db import get_session
 from app.errors import AuthenticationFailed, RateLimited
 from app.ids import new_id
 from app.orm import ApiKey, Project
+
+logger = logging.getLogger("tuna.auth")
 
 KEY_PREFIX = "sk-tuna-"
 
@@ -85,9 +89,9 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 class RateLimiter:
-    """Fixed one-minute windows per key digest, in this process (`requests_per_minute_per_key`).
+    """Fixed one-minute windows per key digest, counted in this process.
 
-    Each API process counts on its own: with N processes a key gets up to N times the limit.
+    With several API processes each counts on its own; `RedisRateLimiter` shares the count.
     """
 
     WINDOW = 60.0
@@ -114,10 +118,56 @@ class RateLimiter:
             return None
 
 
+class RedisRateLimiter:
+    """The same fixed windows, counted in Redis: every API process shares one count per key.
+
+    One INCR per request on a key that expires with its window. Wall-clock windows, so that all
+    processes agree on when a window starts. If Redis cannot be reached the request is let
+    through (and logged): an outage of the limiter must not become an outage of the API.
+    """
+
+    WINDOW = 60
+
+    def __init__(self, url: str, per_minute: int, clock: Callable[[], float] = time.time) -> None:
+        import redis
+
+        self.per_minute = per_minute
+        self.clock = clock
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+    def hit(self, digest: str) -> float | None:
+        now = self.clock()
+        window = int(now // self.WINDOW)
+        key = f"tuna-rate:{digest}:{window}"
+        try:
+            pipe = self.client.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, self.WINDOW + 5)
+            count = int(pipe.execute()[0])
+        except Exception:
+            logger.warning("rate limiter unreachable; request let through", exc_info=True)
+            return None
+        if count > self.per_minute:
+            return (window + 1) * self.WINDOW - now
+        return None
+
+
+def make_rate_limiter(settings: Settings) -> RateLimiter | RedisRateLimiter | None:
+    per_minute = settings.requests_per_minute_per_key
+    if not per_minute:
+        return None
+    url = settings.rate_limit_url
+    if url is None and settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+        url = settings.resolved_broker_url
+    return RedisRateLimiter(url, per_minute) if url else RateLimiter(per_minute)
+
+
 def current_project(request: Request, session: SessionDep) -> Project:
     authorization = request.headers.get("authorization")
     project = authenticate(session, authorization)
-    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    limiter: RateLimiter | RedisRateLimiter | None = getattr(
+        request.app.state, "rate_limiter", None
+    )
     if limiter is not None and authorization:
         retry_after = limiter.hit(hash_key(authorization[7:].strip()))
         if retry_after is not None:

@@ -56,8 +56,12 @@ class Settings(BaseSettings):
     )
     requests_per_minute_per_key: int | None = Field(
         default=None,
-        description="Requests one API key may make per minute (per API process); beyond it "
-        "429 with retry-after",
+        description="Requests one API key may make per minute; beyond it 429 with retry-after",
+    )
+    rate_limit_url: str | None = Field(
+        default=None,
+        description="Redis URL where every API process counts requests per key together; "
+        "default: the broker when it is Redis, else each process counts on its own",
     )
     enable_test_models: bool = Field(
         default=False, description="Expose the tiny random test model as a base model"

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.auth import RateLimiter
+from app.auth import make_rate_limiter
 from app.catalog.endpoints import router as catalog_router
 from app.config import Settings, get_settings
 from app.dashboard import install_dashboard
@@ -44,8 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = LocalStorage(settings.resolved_storage_dir)
     app.state.job_queue = _job_queue(settings)
     app.state.inference = create_inference_engine(settings, app.state.storage)
-    per_minute = settings.requests_per_minute_per_key
-    app.state.rate_limiter = RateLimiter(per_minute) if per_minute else None
+    app.state.rate_limiter = make_rate_limiter(settings)
     install_error_handlers(app)
     app.include_router(files_router)
     app.include_router(fine_tuning_router)

@@ -13,9 +13,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import contextlib
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -84,9 +86,9 @@ def serve_in_thread(app: FastAPI) -> tuple[str, Callable[[], None]]:
     return f"http://127.0.0.1:{port}", stop
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database for this test session, dropped afterwards."""
+@contextlib.contextmanager
+def new_postgres_database() -> Iterator[str]:
+    """A database of its own, dropped afterwards (skipped, or failed in CI, without Postgres)."""
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"tuna_test_{uuid.uuid4().hex[:10]}"
     try:
@@ -97,11 +99,26 @@ def postgres_url() -> Iterator[str]:
         if IN_CI:
             pytest.fail(f"PostgreSQL is required in CI but unreachable: {exc}")
         pytest.skip(f"PostgreSQL unreachable: {exc}")
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for this test session, dropped afterwards."""
+    with new_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def private_postgres_url() -> Iterator[str]:
+    """A database for one test: no session worker's reconciler ever looks into it."""
+    with new_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -220,6 +237,46 @@ class WorkerProcess:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class ApiProcess:
+    """`tuna serve --no-worker` in a process of its own, so that it can be SIGKILLed."""
+
+    def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
+        self.settings, self.log_path, self.env = settings, log_path, env
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--port", str(self.port)],
+            env={**settings_env(self.settings), **self.env},
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert self.process.poll() is None and time.monotonic() < deadline, (
+                self.log_path.read_text()[-4000:]
+            )
+            time.sleep(0.2)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

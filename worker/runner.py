@@ -213,12 +213,9 @@ class JobRunner:
                 output_dir=self.storage.root / "jobs" / job_id,
                 attempt=job.attempt,
             )
-            resume = latest_checkpoint(plan.output_dir)
-            if resume is not None:
-                step = int(resume.name.split("-")[1])
-                store.add_event(job_id, f"Resumed from step {step} (attempt {job.attempt})")
-            else:
+            if latest_checkpoint(plan.output_dir) is None:
                 store.add_event(job_id, "Fine-tuning job started")
+            # else the engine reports the step it resumed from (`_JobCallbacks.on_event`)
             return plan
 
     def _train(self, job_id: str, plan: JobPlan) -> None:
@@ -449,6 +446,9 @@ class _JobCallbacks:
             self._recorded_up_to = JobStore(session).last_metrics_step(self.job_id)
 
     def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        if data and data.get("resumed"):  # the engine does not know the attempt; we do
+            message = f"Resumed from step {data['step']} (attempt {self.plan.attempt})"
+            data = None
         with self.runner.db.session_scope() as session:
             JobStore(session).add_event(self.job_id, message, level=level, data=data)
 
@@ -526,18 +526,3 @@ class _JobCallbacks:
         if status != JobStatus.RUNNING:
             return "cancel"
         return None
-
-
-def requeue_lost_jobs(database: Database, *, include_waiting: bool) -> list[str]:
-    """Put jobs whose worker vanished back in the queue and list the ids to enqueue.
-
-    `include_waiting` adds every validating/queued job, for a worker starting after a broker
-    restart may have lost their messages (a duplicate message is harmless: claims are atomic).
-    """
-    with database.session_scope() as session:
-        store = JobStore(session)
-        ids = store.lost_jobs(utcnow(), include_waiting=include_waiting)
-        for job_id in ids:
-            if transition(session, job_id, JobStatus.QUEUED, only_from={JobStatus.RUNNING}):
-                store.add_event(job_id, "Worker lost; job returned to the queue", level="warn")
-        return ids

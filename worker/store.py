@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.fine_tuning.repository import FineTuningRepository
+from app.fine_tuning.state import WAITING, JobStatus
 from app.orm import (
     File,
     FineTunedModel,
@@ -111,15 +112,25 @@ class JobStore(FineTuningRepository):
             storage_key=storage_key,
         )
 
-    def lost_jobs(self, now: datetime, *, include_waiting: bool) -> list[str]:
-        """Jobs a worker should be handling but none is: expired lease, or waiting in the queue."""
-        running = select(FineTuningJob.id).where(
-            FineTuningJob.status == "running", FineTuningJob.lease_expires_at < now
+    def expired_leases(self, now: datetime) -> list[str]:
+        """Running jobs whose worker stopped renewing the lease: it died."""
+        return list(
+            self.session.scalars(
+                select(FineTuningJob.id).where(
+                    FineTuningJob.status == JobStatus.RUNNING.value,
+                    FineTuningJob.lease_expires_at < now,
+                )
+            )
         )
-        lost = list(self.session.scalars(running))
-        if not include_waiting:
-            return lost
-        waiting = select(FineTuningJob.id).where(
-            FineTuningJob.status.in_(["validating_files", "queued"])
+
+    def waiting_jobs(self, *, unsent_before: datetime | None) -> list[str]:
+        """Jobs that need a message: all of them, or (with `unsent_before`) those created before
+        it with no message known to be sent."""
+        query = select(FineTuningJob.id).where(
+            FineTuningJob.status.in_([status.value for status in WAITING])
         )
-        return lost + list(self.session.scalars(waiting))
+        if unsent_before is not None:
+            query = query.where(
+                FineTuningJob.enqueued_at.is_(None), FineTuningJob.created_at < unsent_before
+            )
+        return list(self.session.scalars(query.order_by(FineTuningJob.created_at)))

@@ -18,8 +18,10 @@ from celery.signals import worker_ready
 from app.config import get_settings
 from app.db import Database
 from app.files.storage import LocalStorage
+from worker.broker_memory import broker_memory
 from worker.celery_app import RUN_JOB_TASK, celery_app
-from worker.runner import JobRunner, requeue_lost_jobs
+from worker.reconciler import Reconciler
+from worker.runner import JobRunner
 
 logger = logging.getLogger("tuna.worker")
 
@@ -40,31 +42,31 @@ def run_job(job_id: str) -> None:
     _runner().run(job_id)
 
 
-def reconcile(database: Database, *, include_waiting: bool) -> None:
-    """The database is the source of truth: enqueue every job that needs a worker and has none."""
-    for job_id in requeue_lost_jobs(database, include_waiting=include_waiting):
-        celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().training_queue)
-        logger.info("re-enqueued %s", job_id)
+def _send(job_id: str) -> None:
+    celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().training_queue)
 
 
-def _reconcile_forever(database: Database, every_seconds: float) -> None:
+def _reconcile_forever(reconciler: Reconciler, every_seconds: float) -> None:
     while True:
         time.sleep(every_seconds)
         try:
-            reconcile(database, include_waiting=False)
+            reconciler.run_once()
         except Exception:
             logger.warning("reconcile failed", exc_info=True)
 
 
 @worker_ready.connect
 def _start_reconciler(**_: object) -> None:
-    """On start: re-enqueue what a lost broker or a dead worker left; then watch leases."""
+    """On start: re-send every waiting job (a broker we cannot look into may have lost them,
+    and a worker that died mid-validation holds no lease); then keep watching."""
     settings = get_settings()
-    database = Database(settings.resolved_database_url)
-    reconcile(database, include_waiting=True)
+    reconciler = Reconciler(
+        Database(settings.resolved_database_url), _send, broker_memory(settings)
+    )
+    reconciler.run_once(resend_waiting=True)
     threading.Thread(
         target=_reconcile_forever,
-        args=(database, settings.job_lease_seconds / 2),
+        args=(reconciler, settings.job_lease_seconds / 2),
         daemon=True,
         name="tuna-reconciler",
     ).start()

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from app.config import Settings
@@ -20,6 +21,7 @@ from app.ids import new_id
 from app.orm import File, Project
 from app.orm.base import utcnow
 from app.pagination import Order, Page
+from app.quotas import hold_project
 
 MIN_EXPIRY_SECONDS = 3600
 MAX_EXPIRY_SECONDS = 30 * 24 * 3600
@@ -46,7 +48,11 @@ class FileService:
             request, temp_path, self.settings.max_upload_bytes, validate_during_upload
         )
         try:
-            return self._store(project, form, validators[0] if validators else None)
+            # Off the event loop: validation may read the whole file, and the quota check may
+            # wait for another request's transaction, which needs the loop to commit.
+            return await run_in_threadpool(
+                self._store, project, form, validators[0] if validators else None
+            )
         except BaseException:
             temp_path.unlink(missing_ok=True)
             raise
@@ -65,8 +71,6 @@ class FileService:
         if form.file is None:
             raise InvalidRequest("Missing required parameter: 'file'.", param="file")
         expires_at = self._expiry(form.fields)
-        self._check_storage_quota(project, form.file.size)
-
         report: ValidationReport | None = None
         if purpose == "fine-tune":
             # The file part may have come before `purpose`; then validate from disk now.
@@ -80,6 +84,8 @@ class FileService:
             if not report.ok:
                 raise InvalidRequest(report.summary(), param="file", code="invalid_file_format")
 
+        # Last, right before the insert: the quota check holds the project until commit.
+        self._check_storage_quota(project, form.file.size)
         return self._add(
             project.id,
             form.file.temp_path,
@@ -132,6 +138,7 @@ class FileService:
         limit = self.settings.max_storage_bytes_per_project
         if not limit:
             return
+        hold_project(self.session, project.id)  # racing uploads count one after the other
         used = self.files.total_bytes(project.id, now=utcnow())
         if used + size > limit:
             raise InvalidRequest(

@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, cast, or_, select
+from sqlalchemy import Text, cast, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.fine_tuning.state import WAITING
 from app.ids import new_id
 from app.orm import FineTunedModel, FineTuningCheckpoint, FineTuningEvent, FineTuningJob
 from app.orm.base import utcnow
@@ -23,6 +24,7 @@ from app.pagination import Page, paginate
 JOB_PREFIX = "ftjob-"
 EVENT_PREFIX = "ftevent-"
 CHECKPOINT_PREFIX = "ftckpt_"
+_WAITING = sorted(status.value for status in WAITING)
 
 
 class FineTuningRepository:
@@ -42,6 +44,42 @@ class FineTuningRepository:
         if project_id is not None:
             stmt = stmt.where(FineTuningJob.project_id == project_id)
         return self.session.scalar(stmt)
+
+    # The broker outbox: `enqueued_at` says a message for the job is known to be sent.
+
+    def mark_enqueued(self, job_id: str, at: datetime) -> None:
+        """The broker accepted a message for the job (sent after the job's commit)."""
+        self.session.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id == job_id, FineTuningJob.status.in_(_WAITING))
+            .values(enqueued_at=at)
+            .execution_options(synchronize_session=False)
+        )
+
+    def claim_enqueue(self, job_id: str, at: datetime, *, resend: bool = False) -> bool:
+        """Take the right to send the job's message: True for exactly one of several callers.
+
+        Without `resend` only a job with no message known to be sent qualifies; with it, any
+        waiting job marked before `at` (the broker lost its messages).
+        """
+        unsent = FineTuningJob.enqueued_at.is_(None)
+        condition = or_(unsent, FineTuningJob.enqueued_at < at) if resend else unsent
+        result = self.session.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id == job_id, FineTuningJob.status.in_(_WAITING), condition)
+            .values(enqueued_at=at)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def unmark_enqueued(self, job_id: str, at: datetime) -> None:
+        """Undo `claim_enqueue` when the send failed, so the next pass tries again."""
+        self.session.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id == job_id, FineTuningJob.enqueued_at == at)
+            .values(enqueued_at=None)
+            .execution_options(synchronize_session=False)
+        )
 
     def refresh_job(self, job: FineTuningJob) -> FineTuningJob:
         """Re-read the row (another transaction, e.g. the worker, may have moved it)."""

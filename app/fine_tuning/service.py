@@ -31,6 +31,7 @@ from app.ids import new_id
 from app.orm import FineTuningCheckpoint, FineTuningEvent, FineTuningJob, Project
 from app.orm.base import utcnow
 from app.pagination import Page
+from app.quotas import hold_project
 
 logger = logging.getLogger("tuna.fine_tuning")
 
@@ -118,10 +119,10 @@ class FineTuningService:
         return job
 
     def _check_running_quota(self, project: Project) -> None:
-        # A soft limit: two creates racing past the count may both get in (one over).
         limit = self.settings.max_running_jobs_per_project
         if not limit:
             return
+        hold_project(self.session, project.id)  # racing creates count one after the other
         active = self.session.scalar(
             select(func.count())
             .select_from(FineTuningJob)
@@ -163,14 +164,22 @@ class FineTuningService:
 
     def _enqueue_after_commit(self, job_id: str) -> None:
         queue = self.queue
+        bind = self.session.get_bind()
 
         def enqueue() -> None:
             # The row is committed; a broker hiccup must not turn the request into a 500.
-            # The job waits in its status and a starting worker re-enqueues such jobs.
+            # The job keeps `enqueued_at` empty and a worker's reconciler sends it instead; the
+            # same covers this process dying between the commit and the send.
             try:
                 queue.enqueue(job_id)
             except Exception:
-                logger.exception("could not enqueue %s; a worker will pick it up on start", job_id)
+                logger.exception("could not enqueue %s; a worker's reconciler will", job_id)
+                return
+            try:
+                with Session(bind) as session, session.begin():
+                    FineTuningRepository(session).mark_enqueued(job_id, utcnow())
+            except Exception:  # unmarked, the reconciler sends a harmless duplicate
+                logger.warning("could not record that %s was enqueued", job_id, exc_info=True)
 
         after_commit(self.session, enqueue)
 
@@ -238,7 +247,8 @@ class FineTuningService:
 
     def resume(self, project: Project, job_id: str) -> FineTuningJob:
         job = self.get(project, job_id)
-        self._move(job, JobStatus.QUEUED, "resume", only_from={JobStatus.PAUSED})
+        self._check_running_quota(project)
+        self._move(job, JobStatus.QUEUED, "resume", only_from={JobStatus.PAUSED}, enqueued_at=None)
         self.jobs.add_event(job.id, "Fine-tuning job resumed")
         self._enqueue_after_commit(job.id)
         return job

@@ -42,6 +42,8 @@ ALLOWED_MOVES: dict[JobStatus, frozenset[JobStatus]] = {
 
 TERMINAL = frozenset(status for status, moves in ALLOWED_MOVES.items() if not moves)
 ACTIVE = frozenset({S.VALIDATING_FILES, S.QUEUED, S.RUNNING})
+# Statuses in which a job needs a message in the broker for a worker to pick it up.
+WAITING = frozenset({S.VALIDATING_FILES, S.QUEUED})
 
 
 def can_move(source: JobStatus, target: JobStatus) -> bool:

@@ -46,6 +46,10 @@ class FineTuningJob(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When the broker last accepted a message for this job; None while the job needs one
+    # (just created, resumed, or returned to the queue) and none is known to be sent. The
+    # reconciler sends what is missing, so a crash between commit and send loses nothing.
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
     resume_step: Mapped[int | None] = mapped_column(Integer, default=None)
 
 

@@ -64,6 +64,8 @@ def new_job(database: Database, project_id: str, status: JobStatus) -> str:
                 hyperparameters={},
                 status=JobStatus.VALIDATING_FILES.value,
                 result_files=[],
+                # Marked as sent, so that no worker's reconciler sends this row to a broker.
+                enqueued_at=utcnow(),
             )
         )
         session.flush()

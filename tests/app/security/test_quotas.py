@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from app.auth import RateLimiter
+from app.auth import RateLimiter, RedisRateLimiter
 from app.bootstrap import create_key, prepare
 from app.config import Settings
 from app.main import create_app
@@ -26,8 +29,8 @@ class _NoQueue:
 
 
 class Served:
-    def __init__(self, tmp: Path, **overrides: object) -> None:
-        self.settings = make_settings(tmp, None, **overrides)
+    def __init__(self, tmp: Path, database_url: str | None = None, **overrides: object) -> None:
+        self.settings = make_settings(tmp, database_url, **overrides)
         prepare(self.settings)
         self.app = create_app(self.settings)
         self.app.state.job_queue = _NoQueue()
@@ -44,8 +47,8 @@ class Served:
 def serve(tmp_path: Path) -> Iterator[type[Served]]:
     started: list[Served] = []
 
-    def start(**overrides: object) -> Served:
-        served = Served(tmp_path, **overrides)
+    def start(database_url: str | None = None, **overrides: object) -> Served:
+        served = Served(tmp_path, database_url, **overrides)
         started.append(served)
         return served
 
@@ -64,6 +67,13 @@ def upload(http: httpx.Client, data: bytes = DATA) -> httpx.Response:
 
 def create_job(http: httpx.Client, file_id: str) -> httpx.Response:
     return http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": file_id})
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("private_postgres_url"))
+    return None
 
 
 def test_quotas_are_off_by_default() -> None:
@@ -148,3 +158,55 @@ def test_rate_limit_is_off_by_default(serve) -> None:  # type: ignore[no-untyped
     assert served.app.state.rate_limiter is None
     with served.http("rpm-off") as a:
         assert all(a.get("/v1/files").status_code == 200 for _ in range(30))
+
+
+def test_racing_creates_never_exceed_the_running_jobs_quota(serve, database_url) -> None:  # type: ignore[no-untyped-def]
+    served = serve(database_url, max_running_jobs_per_project=3)
+    with served.http("race-jobs") as a:
+        file_id = upload(a).json()["id"]
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda _: create_job(a, file_id), range(12)))
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [200] * 3 + [429] * 9, [a.text for a in answers if a.status_code >= 500]
+        assert len(a.get("/v1/fine_tuning/jobs").json()["data"]) == 3
+
+
+def test_racing_uploads_never_exceed_the_storage_quota(serve, database_url) -> None:  # type: ignore[no-untyped-def]
+    served = serve(database_url, max_storage_bytes_per_project=len(DATA) * 3)
+    with served.http("race-files") as a:
+        with ThreadPoolExecutor(10) as pool:
+            answers = list(pool.map(lambda _: upload(a), range(10)))
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [200] * 3 + [400] * 7, [a.text for a in answers if a.status_code >= 500]
+        assert len(a.get("/v1/files").json()["data"]) == 3
+    assert list(served.app.state.storage.tmp_dir.iterdir()) == []
+
+
+def test_the_rate_limit_is_shared_by_api_processes_through_redis(serve, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    # Two API servers, as two processes behind a load balancer would be; one key.
+    first = serve(requests_per_minute_per_key=5, rate_limit_url=redis_url)
+    second = serve(requests_per_minute_per_key=5, rate_limit_url=redis_url)
+    assert isinstance(first.app.state.rate_limiter, RedisRateLimiter)
+    now = time.time() // 60 * 60 + 10  # a fixed moment early in a minute
+    for served in (first, second):
+        served.app.state.rate_limiter = RedisRateLimiter(redis_url, 5, clock=lambda: now)
+    key = create_key(first.settings, f"rpm-shared-{uuid.uuid4().hex[:8]}")
+    headers = {"Authorization": f"Bearer {key}"}
+    with (
+        httpx.Client(base_url=first.url, headers=headers) as a,
+        httpx.Client(base_url=second.url, headers=headers) as b,
+    ):
+        codes = [client.get("/v1/files").status_code for client in (a, b, a, b, a)]
+        assert codes == [200] * 5
+        limited = b.get("/v1/files")
+        assert limited.status_code == 429, limited.text
+        assert limited.headers["retry-after"] == "50"
+        assert a.get("/v1/files").status_code == 429
+
+
+def test_the_broker_redis_is_the_default_rate_limit_store(serve, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    assert isinstance(
+        serve(requests_per_minute_per_key=5, broker_url=redis_url).app.state.rate_limiter,
+        RedisRateLimiter,
+    )
+    assert isinstance(serve(requests_per_minute_per_key=5).app.state.rate_limiter, RateLimiter)

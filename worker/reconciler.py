@@ -1,0 +1,84 @@
+"""The database is the source of truth: every job that needs a worker gets a message.
+
+Three ways a job can be left without one, and what each pass does about it:
+
+* its worker died (SIGKILL, OOM, reboot): the lease runs out; the job goes back to `queued`;
+* the API died, or the broker refused, between committing the job and sending its message:
+  `enqueued_at` stays empty; after a grace period the job is sent;
+* the broker lost its messages (Redis restarted without persistence): `BrokerMemory` says so;
+  every waiting job is sent again.
+
+A job's right to be sent is taken with a conditional UPDATE of `enqueued_at`, so of several
+workers' reconcilers only one sends it. A duplicate message is harmless anyway: claims are atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from app.db import Database
+from app.fine_tuning.state import JobStatus, transition
+from app.orm.base import utcnow
+from worker.broker_memory import BrokerMemory, NoMemory
+from worker.store import JobStore
+
+logger = logging.getLogger("tuna.worker")
+
+# How long the API has to send a new job's message itself before a reconciler does.
+UNSENT_GRACE = timedelta(seconds=10)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        database: Database,
+        send: Callable[[str], None],
+        memory: BrokerMemory | None = None,
+        grace: timedelta = UNSENT_GRACE,
+    ) -> None:
+        self.db = database
+        self.send = send
+        self.memory = memory or NoMemory()
+        self.grace = grace
+
+    def run_once(self, *, resend_waiting: bool = False) -> list[str]:
+        """One pass; returns the ids sent. `resend_waiting` re-sends every waiting job."""
+        now = utcnow()
+        with self.db.session_scope() as session:
+            store = JobStore(session)
+            for job_id in store.expired_leases(now):
+                if transition(
+                    session,
+                    job_id,
+                    JobStatus.QUEUED,
+                    only_from={JobStatus.RUNNING},
+                    enqueued_at=None,
+                ):
+                    store.add_event(job_id, "Worker lost; job returned to the queue", level="warn")
+        if self.memory.forgot():
+            logger.warning("the broker lost its messages; re-sending every waiting job")
+            resend_waiting = True
+        with self.db.session_scope() as session:
+            store = JobStore(session)
+            candidates = store.waiting_jobs(
+                unsent_before=None if resend_waiting else now - self.grace
+            )
+            claimed = [
+                job_id
+                for job_id in candidates
+                if store.claim_enqueue(job_id, now, resend=resend_waiting)
+            ]
+        sent = []
+        for job_id in claimed:
+            try:
+                self.send(job_id)
+            except Exception:
+                logger.warning("could not enqueue %s; the next pass retries", job_id, exc_info=True)
+                with self.db.session_scope() as session:
+                    JobStore(session).unmark_enqueued(job_id, now)
+                continue
+            logger.info("enqueued %s", job_id)
+            sent.append(job_id)
+        return sent
