@@ -9,9 +9,10 @@ both see the same machine load (the CPU here is shared and noisy):
   sampler (``sequential``, over a list already in the engine's (seed, epoch 0) order), and
   logging/saving switched off.  Logits are computed at every position, padding included.
 * engine: ``worker.training.sft``'s per-step function (``_Run.train_step``: pack the batch into
-  rows with restarting ``position_ids``, logits only where there is a label, one backward per
-  row).  ``train()`` itself cannot be interleaved with another loop, so its step is driven
-  directly, with the optimizer and schedule ``train()`` would build.
+  one row with restarting ``position_ids``, attention per example (varlen, nothing computed
+  across examples), logits only where there is a label, one forward and one backward).
+  ``train()`` itself cannot be interleaved with another loop, so its step is driven directly,
+  with the optimizer and schedule ``train()`` would build.
 
 Both start from the same weights (for LoRA the frozen base tensors are literally shared, only the
 adapters are copied; for full fine-tuning the whole model is copied), get identical token ids and
@@ -395,8 +396,8 @@ def main(argv: list[str] | None = None) -> Result:
         "--engine-row-tokens",
         type=int,
         default=None,
-        help="override the engine's row length (default: its own choice, "
-        "sft.packed_row_tokens: one example per row on CPU, packed to --max-len on CUDA)",
+        help="cap the engine's row length (default: sft.packed_row_tokens, a whole batch per "
+        "row with varlen attention; 1 gives every example a row of its own)",
     )
     parser.add_argument("--weights", choices=("auto", "real", "random"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -523,7 +524,13 @@ def main(argv: list[str] | None = None) -> Result:
             f"data: {len(examples)} chats, tokens median {median(lengths):.0f} "
             f"mean {sum(lengths) / len(lengths):.0f} p90 {percentile(lengths, 0.9):.0f} "
             f"max {max(lengths)}; {1 - label_share:.0%} prompt / {label_share:.0%} labels; "
-            f"baseline pads to {padded:.2f}x the real tokens; engine rows of <= {row_tokens}"
+            f"baseline pads to {padded:.2f}x the real tokens; engine "
+            + (
+                f"rows of <= {row_tokens} tokens"
+                if row_tokens < sys.maxsize
+                else "one row per batch"
+            )
+            + ", varlen attention"
         )
 
         # 3. baseline Trainer, engine step run from its callback ------------------------------
@@ -623,7 +630,8 @@ def main(argv: list[str] | None = None) -> Result:
         f"(min {min(base_tps):.1f}, max {max(base_tps):.1f})"
     )
     print(
-        f"engine (packed, label-only logits): median {result.engine_tokens_per_s:.1f} "
+        "engine (packed, varlen attention, label-only logits): "
+        f"median {result.engine_tokens_per_s:.1f} "
         f"real tokens/s (min {min(eng_tps):.1f}, max {max(eng_tps):.1f})"
     )
     ratios = [r.ratio for r in measured]

@@ -27,6 +27,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from worker.training.attention import use_varlen_attention
 from worker.training.base_models import (
     UnknownBaseModel,
     ensure_chat_template,
@@ -183,7 +185,9 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
         history = list(state["history"])
         checkpoints = [CheckpointInfo(s, Path(p), m) for s, p, m in state["checkpoints"]]
         callbacks.on_event(
-            "info", f"Resumed from checkpoint at step {position.step}", {"step": position.step}
+            "info",
+            f"Resumed from checkpoint at step {position.step}",
+            {"step": position.step, "resumed": True},
         )
 
     run = _Run(config, model, tokenizer, optimizer, scheduler, hp, device, max_seq_len)
@@ -275,15 +279,14 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
 
 
 def packed_row_tokens(device: torch.device, max_seq_len: int) -> int:
-    """How many tokens one forward row may hold.
+    """How many tokens one forward row may hold: a whole batch.
 
-    Packing several examples into a row pays where attention runs per example on the GPU
-    (flash-attention's varlen path, or SDPA's fused kernels over a few long rows instead of
-    many short launches). On the CPU a packed row makes SDPA compute every cross-example score
-    only to mask it away, so each example gets a row of its own: still no padding, and no
-    attention work between examples (measured in bench/train_throughput.py).
+    Attention runs per example (`attention.use_varlen_attention`), so a longer row adds no
+    attention work; the projections and MLPs get one large matmul per layer instead of one per
+    example, and there is one forward and one backward per step. A batch's row never holds more
+    than the batch's real tokens, never more than a padded batch of the same examples would.
     """
-    return max_seq_len if device.type == "cuda" else 1
+    return sys.maxsize
 
 
 class _Run:
@@ -427,6 +430,7 @@ def make_row_loss(model: Any) -> Callable[[PackedRow, torch.device], tuple[torch
     For plain-head architectures only labelled positions go through ``lm_head``: with a 49k
     vocabulary and mostly-prompt examples this saves most of the logits' memory and time.
     """
+    use_varlen_attention(model)  # no attention between the examples sharing a row
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     plain = getattr(base.config, "model_type", "") in _PLAIN_HEAD_TYPES
     backbone = getattr(base, base.base_model_prefix) if plain else None
@@ -435,19 +439,29 @@ def make_row_loss(model: Any) -> Callable[[PackedRow, torch.device], tuple[torch
     def row_loss(row: PackedRow, device: torch.device) -> tuple[torch.Tensor, int]:
         input_ids = torch.tensor([row.input_ids], device=device)
         position_ids = torch.tensor([row.position_ids], device=device)
-        targets = torch.tensor(row.targets, device=device)
-        keep = targets != IGNORE_INDEX
+        # Labelled positions, found on the host: indexing with them needs no device sync.
+        labelled = [i for i, target in enumerate(row.targets) if target != IGNORE_INDEX]
+        keep = torch.tensor(labelled, device=device)
+        targets = torch.tensor([row.targets[i] for i in labelled], device=device)
         if backbone is not None and head is not None:
             hidden = backbone(
-                input_ids=input_ids, position_ids=position_ids, use_cache=False
+                input_ids=input_ids,
+                position_ids=position_ids,
+                use_cache=False,
+                segment_lengths=row.lengths or None,
             ).last_hidden_state[0]
             logits = head(hidden[keep])
         else:
-            logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+            logits = model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                use_cache=False,
+                segment_lengths=row.lengths or None,
+            ).logits
             logits = logits[0][keep]
         logits = logits.float()
-        loss = F.cross_entropy(logits, targets[keep], reduction="sum")
-        correct = int((logits.argmax(dim=-1) == targets[keep]).sum().item())
+        loss = F.cross_entropy(logits, targets, reduction="sum")
+        correct = int((logits.argmax(dim=-1) == targets).sum().item())
         return loss, correct
 
     return row_loss

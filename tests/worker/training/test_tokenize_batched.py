@@ -1,0 +1,309 @@
+"""The batched tokenization pipeline gives exactly what tokenizing example by example gave.
+
+The reference below is the per-example algorithm the engine used before batching: render every
+conversation prefix, tokenize the full text with offsets, and train each token whose characters
+start inside an assistant span.  Ids, labels and reported problems must match it exactly, on
+both bundled tokenizers, with chunk boundaries falling anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.worker.training.helpers import chat, write_jsonl
+from worker.training import data
+from worker.training.base_models import resolve_base_model
+from worker.training.data import (
+    IGNORE_INDEX,
+    ExampleTooLong,
+    InvalidExample,
+    NoTrainableTokens,
+    TokenizedExample,
+    load_examples,
+    prepare_chat,
+    read_jsonl,
+    render_chat,
+    tokenize_example,
+    tokenize_legacy,
+    validate_examples,
+)
+
+MAX_SEQ_LEN = 160
+
+
+# --- the reference: one example at a time, as before batching ---------------------------------
+
+
+def reference_tokenize_chat(tokenizer: Any, example: dict[str, Any]) -> TokenizedExample:
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise ValueError("the tokenizer has no chat template")
+    messages, weights, tools = prepare_chat(example["messages"], example.get("tools"), template)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError("has no assistant message")
+    full = render_chat(tokenizer, messages, tools)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant" or not weights[i]:
+            continue
+        before = render_chat(tokenizer, messages[:i], tools, add_generation_prompt=True)
+        through = render_chat(tokenizer, messages[: i + 1], tools)
+        if not (through.startswith(before) and full.startswith(through)):
+            raise ValueError(
+                f"message {i + 1}: the chat template does not render this conversation "
+                "prefix by prefix, so its assistant tokens cannot be located"
+            )
+        spans.append((len(before), len(through)))
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(encoded["input_ids"])
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for t, (start, end) in enumerate(encoded["offset_mapping"]):
+        if end > start and any(lo <= start < hi for lo, hi in spans):
+            labels[t] = input_ids[t]
+    return TokenizedExample(input_ids, labels)
+
+
+def reference_tokenize(tokenizer: Any, example: Any) -> TokenizedExample:
+    if not isinstance(example, dict):
+        raise ValueError("is not a JSON object")
+    if "messages" in example:
+        unknown = set(example) - {"messages", "tools", "parallel_tool_calls", "functions"}
+        if unknown:
+            raise ValueError(f"has unknown key(s) {', '.join(sorted(unknown))}")
+        return reference_tokenize_chat(tokenizer, example)
+    if "prompt" in example and "completion" in example:
+        return tokenize_legacy(tokenizer, example)
+    raise ValueError("must have 'messages' (chat) or 'prompt' and 'completion' (legacy)")
+
+
+def reference_check(
+    tokenizer: Any, number: int, raw: Any, max_seq_len: int
+) -> TokenizedExample | InvalidExample:
+    try:
+        example = reference_tokenize(tokenizer, raw)
+    except ValueError as exc:
+        return InvalidExample(number, str(exc))
+    if example.n_tokens > max_seq_len:
+        return ExampleTooLong(
+            number, f"has {example.n_tokens} tokens, more than the context of {max_seq_len}"
+        )
+    if sum(1 for label in example.labels if label != IGNORE_INDEX) == 0:
+        return NoTrainableTokens(
+            number, "has no trainable tokens (every assistant message has weight 0)"
+        )
+    return example
+
+
+def reference_results(path: Path, tokenizer: Any, max_seq_len: int) -> list[Summary]:
+    """The summary of each example; an unreadable line ends the file."""
+    out: list[Summary] = []
+    try:
+        for number, raw in read_jsonl(path):
+            out.append(summary(reference_check(tokenizer, number, raw, max_seq_len)))
+    except InvalidExample as exc:
+        out.append(summary(exc))
+    return out
+
+
+Summary = tuple[Any, ...]  # ("tokens", ids, labels) or ("problem", number, code, message)
+
+
+def summary(result: TokenizedExample | InvalidExample) -> Summary:
+    if isinstance(result, InvalidExample):
+        return ("problem", result.example_number, result.code, str(result))
+    return ("tokens", result.input_ids, result.labels)
+
+
+def problems(results: list[Summary]) -> list[Summary]:
+    return [r[1:] for r in results if r[0] == "problem"]
+
+
+# --- the data ----------------------------------------------------------------------------------
+
+TEXTS = [
+    "Paris.",
+    "",
+    " ",
+    "\n\n",
+    "  leading and trailing spaces  ",
+    "\nstarts with a newline",
+    "Unicode: café, naïve, Straße, 東京, مرحبا, Ελληνικά, emoji 🦙🚀👩‍👩‍👧, e\u0301",
+    "🦙",
+    "tabs\tand\r\nwindows newlines",
+    "code:\n```python\ndef f(x):\n    return x * 2\n```\n",
+    "looks like a marker: <|im_end|> and <|im_start|>assistant\n in the text",
+    "numbers 1234567890 3.14159 -42",
+    "a  b   c    d",
+]
+
+
+def random_chat(rng: random.Random) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    if rng.random() < 0.4:
+        messages.append({"role": "system", "content": rng.choice(TEXTS)})
+    for _ in range(rng.randint(1, 4)):
+        messages.append({"role": "user", "content": rng.choice(TEXTS)})
+        answer: dict[str, Any] = {"role": "assistant", "content": rng.choice(TEXTS)}
+        if rng.random() < 0.3:
+            answer["weight"] = rng.choice([0, 1])
+        messages.append(answer)
+    if rng.random() < 0.15:  # a trailing user turn: nothing to learn after it
+        messages.append({"role": "user", "content": rng.choice(TEXTS)})
+    return {"messages": messages}
+
+
+def special_cases() -> list[Any]:
+    weather_call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+    }
+    return [
+        chat("What is the capital of France?", "Paris."),
+        chat("Hi", "Hello", weight=0),  # no trainable tokens
+        chat("Tell me a long story", "Once upon a time " * 60),  # too long
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "parts"}]},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                },
+            ]
+        },
+        {
+            "tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}}],
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [weather_call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+                {"role": "assistant", "content": "It is sunny."},
+            ],
+        },
+        {"messages": [{"role": "assistant", "content": "I speak first."}]},
+        {"messages": [{"role": "user", "content": "no answer"}]},
+        {"messages": [{"role": "robot", "content": "beep"}]},
+        {"messages": []},
+        {"messages": [{"role": "user", "content": "x"}], "extra": 1},
+        {"prompt": "The sky is", "completion": " blue."},
+        {"prompt": "Unicode 東京 🦙", "completion": ""},
+        {"prompt": "", "completion": "only a completion"},
+        {"prompt": 1, "completion": "not a string"},
+        {"neither": "chat nor legacy"},
+        ["not", "an", "object"],
+        42,
+    ]
+
+
+def varied_rows(n_random: int, seed: int = 0) -> list[Any]:
+    rng = random.Random(seed)
+    rows = [random_chat(rng) for _ in range(n_random)]
+    for case in special_cases():
+        rows.insert(rng.randrange(len(rows) + 1), case)
+    return rows
+
+
+@pytest.fixture(scope="module", params=["tuna-tiny-test", "SmolLM2-135M-Instruct"])
+def any_tokenizer(request: pytest.FixtureRequest, model_cache: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_base_model(request.param, model_cache))
+
+
+# --- the tests ---------------------------------------------------------------------------------
+
+
+def batched_results(path: Path, tokenizer: Any, max_seq_len: int) -> list[Summary]:
+    return [summary(result) for _, result in data._checked_examples(path, tokenizer, max_seq_len)]
+
+
+def test_a_file_larger_than_a_chunk_matches_the_reference(
+    any_tokenizer: Any, tmp_path: Path
+) -> None:
+    rows = varied_rows(data.TOKENIZE_CHUNK + 200)
+    path = write_jsonl(tmp_path / "varied.jsonl", rows)
+    expected = reference_results(path, any_tokenizer, MAX_SEQ_LEN)
+    assert len(expected) == len(rows)
+    assert {p[1] for p in problems(expected)} == {
+        "invalid_format",
+        "example_too_long",
+        "no_trainable_tokens",
+    }
+    assert batched_results(path, any_tokenizer, MAX_SEQ_LEN) == expected
+
+    report = validate_examples(path, any_tokenizer, MAX_SEQ_LEN)
+    reported = [(p.example_number, p.code, p.message) for p in report.problems]
+    assert reported == problems(expected)
+    assert report.n_examples == len(rows)
+    assert report.n_tokens == sum(len(r[1]) for r in expected if r[0] == "tokens")
+
+    with pytest.raises(InvalidExample) as raised:
+        load_examples(path, any_tokenizer, MAX_SEQ_LEN)
+    assert summary(raised.value)[1:] == problems(expected)[0]
+
+    # One example at a time, the public entry point agrees too.
+    for raw, want in zip(rows[:300], expected[:300], strict=True):
+        if want[0] == "tokens":
+            assert summary(tokenize_example(any_tokenizer, raw)) == want
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7])
+def test_chunk_boundaries_anywhere_match_the_reference(
+    any_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(data, "TOKENIZE_CHUNK", chunk)
+    rows = varied_rows(20, seed=chunk)
+    path = write_jsonl(tmp_path / "varied.jsonl", rows)
+    expected = reference_results(path, any_tokenizer, MAX_SEQ_LEN)
+    assert batched_results(path, any_tokenizer, MAX_SEQ_LEN) == expected
+
+    good = [row for row, result in zip(rows, expected, strict=True) if result[0] == "tokens"]
+    loaded = load_examples(write_jsonl(tmp_path / "good.jsonl", good), any_tokenizer, MAX_SEQ_LEN)
+    assert [summary(e) for e in loaded] == [r for r in expected if r[0] == "tokens"]
+
+
+@pytest.mark.parametrize("chunk", [2, 1000])
+def test_an_unreadable_line_ends_the_file_after_the_problems_before_it(
+    any_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(data, "TOKENIZE_CHUNK", chunk)
+    lines = [
+        json.dumps(chat("a", "b")),
+        json.dumps(chat("Hi", "Hello", weight=0)),
+        "",
+        json.dumps({"prompt": "p", "completion": "c"}),
+        "{not json",
+        json.dumps(chat("never", "read")),
+    ]
+    path = tmp_path / "broken.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    expected = reference_results(path, any_tokenizer, MAX_SEQ_LEN)
+    assert [p[:2] for p in problems(expected)] == [
+        (2, "no_trainable_tokens"),
+        (4, "invalid_format"),
+    ]
+    assert batched_results(path, any_tokenizer, MAX_SEQ_LEN) == expected
+
+    report = validate_examples(path, any_tokenizer, MAX_SEQ_LEN)
+    assert report.n_examples == 4
+    assert [(p.example_number, p.code, p.message) for p in report.problems] == problems(expected)
+
+
+def test_a_tokenizer_shipped_with_truncation_on_is_not_truncated(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    rows = [chat("Tell me a long story", "Once upon a time " * 20) for _ in range(3)]
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    truncating = AutoTokenizer.from_pretrained(tiny_dir)
+    truncating.backend_tokenizer.enable_truncation(max_length=8)  # as a tokenizer.json may say
+    loaded = load_examples(path, truncating, MAX_SEQ_LEN)
+    expected = reference_results(path, AutoTokenizer.from_pretrained(tiny_dir), MAX_SEQ_LEN)
+    assert [summary(e) for e in loaded] == expected
+    assert all(len(r[1]) > 8 for r in expected)

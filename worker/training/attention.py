@@ -1,0 +1,77 @@
+"""Attention that stays inside each example of a packed row, and computes nothing across them.
+
+A packed row holds several examples back to back (``position_ids`` restart at 0 for each).
+Given a block-diagonal mask, SDPA still computes every score of the full row and then masks the
+cross-example ones away: quadratic work in the row's length, not in each example's. This module
+registers an attention function with transformers that splits queries, keys and values at the
+example boundaries and runs causal SDPA once per example, so the projections and MLPs see one
+large row (efficient matmuls, one forward and one backward) while attention costs what the
+examples would cost alone. The boundaries come in as ``segment_lengths`` (a list of ints, known
+on the host: no device sync) through the model's forward kwargs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+VARLEN_ATTENTION = "tuna_varlen"
+
+_registered = False
+
+
+def _varlen_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    segment_lengths: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """(batch, heads, seq, dim) in, (batch, seq, heads, dim) out, as transformers expects."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    if segment_lengths is None or attention_mask is not None or query.shape[0] != 1:
+        return sdpa_attention_forward(  # type: ignore[no-any-return]
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    lengths = list(segment_lengths)
+    parts = [
+        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+        for q, k, v in zip(
+            query.split(lengths, dim=2),
+            key.split(lengths, dim=2),
+            value.split(lengths, dim=2),
+            strict=True,
+        )
+    ]
+    output = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*_: Any, **__: Any) -> None:
+    # Causality and the example boundaries are applied inside `_varlen_sdpa`.
+    return None
+
+
+def use_varlen_attention(model: Any) -> None:
+    """Switch ``model`` (a transformers model, or a peft wrapper of one) to varlen attention."""
+    global _registered
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    if not _registered:
+        AttentionInterface.register(VARLEN_ATTENTION, _varlen_sdpa)
+        AttentionMaskInterface.register(VARLEN_ATTENTION, _no_mask)
+        _registered = True
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation(VARLEN_ATTENTION)
