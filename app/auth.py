@@ -10,7 +10,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 from sqlalchemy import select
@@ -88,6 +88,14 @@ def authenticate(session: Session, authorization: str | None) -> Project:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
+class Limiter(Protocol):
+    per_minute: int
+
+    def hit(self, digest: str) -> float | None:
+        """Count one request; None if allowed, else the seconds until the window resets."""
+        ...
+
+
 class RateLimiter:
     """Fixed one-minute windows per key digest, counted in this process.
 
@@ -152,7 +160,7 @@ class RedisRateLimiter:
         return None
 
 
-def make_rate_limiter(settings: Settings) -> RateLimiter | RedisRateLimiter | None:
+def make_rate_limiter(settings: Settings) -> Limiter | None:
     per_minute = settings.requests_per_minute_per_key
     if not per_minute:
         return None
@@ -165,9 +173,7 @@ def make_rate_limiter(settings: Settings) -> RateLimiter | RedisRateLimiter | No
 def current_project(request: Request, session: SessionDep) -> Project:
     authorization = request.headers.get("authorization")
     project = authenticate(session, authorization)
-    limiter: RateLimiter | RedisRateLimiter | None = getattr(
-        request.app.state, "rate_limiter", None
-    )
+    limiter: Limiter | None = getattr(request.app.state, "rate_limiter", None)
     if limiter is not None and authorization:
         retry_after = limiter.hit(hash_key(authorization[7:].strip()))
         if retry_after is not None:

@@ -396,8 +396,8 @@ def main(argv: list[str] | None = None) -> Result:
         "--engine-row-tokens",
         type=int,
         default=None,
-        help="cap the engine's row length (default: sft.packed_row_tokens, a whole batch per "
-        "row with varlen attention; 1 gives every example a row of its own)",
+        help="cap the engine's row length (default: none, a whole batch per row with varlen "
+        "attention; 1 gives every example a row of its own)",
     )
     parser.add_argument("--weights", choices=("auto", "real", "random"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -525,11 +525,7 @@ def main(argv: list[str] | None = None) -> Result:
             f"mean {sum(lengths) / len(lengths):.0f} p90 {percentile(lengths, 0.9):.0f} "
             f"max {max(lengths)}; {1 - label_share:.0%} prompt / {label_share:.0%} labels; "
             f"baseline pads to {padded:.2f}x the real tokens; engine "
-            + (
-                f"rows of <= {row_tokens} tokens"
-                if row_tokens < sys.maxsize
-                else "one row per batch"
-            )
+            + (f"rows of <= {row_tokens} tokens" if row_tokens is not None else "one row per batch")
             + ", varlen attention"
         )
 

@@ -41,12 +41,11 @@ class FolderMemory:
         self.path = folder / MARKER_NAME
 
     def forgot(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # a wiped folder: the sends need it
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
             return False
-        except FileNotFoundError:  # the folder itself is gone; kombu recreates it on send
-            return True
         os.close(fd)
         return True
 

@@ -51,8 +51,8 @@ celery_app = make_celery(get_settings())
 class CeleryJobQueue:
     """What the API uses to hand a committed job's id to the workers."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.celery = make_celery(settings)
+    def __init__(self, settings: Settings, celery: Celery | None = None) -> None:
+        self.celery = celery or make_celery(settings)
         self.queue = settings.training_queue
 
     def enqueue(self, job_id: str) -> None:

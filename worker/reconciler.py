@@ -9,7 +9,8 @@ Three ways a job can be left without one, and what each pass does about it:
   every waiting job is sent again.
 
 A job's right to be sent is taken with a conditional UPDATE of `enqueued_at`, so of several
-workers' reconcilers only one sends it. A duplicate message is harmless anyway: claims are atomic.
+workers' reconcilers only one sends an unsent job; a broker's loss is reported to one reconciler
+only (`BrokerMemory`). A duplicate message is harmless anyway: claims are atomic.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Reconciler:
             claimed = [
                 job_id
                 for job_id in candidates
-                if store.claim_enqueue(job_id, now, resend=resend_waiting)
+                if store.mark_enqueued(job_id, now, only_if_unsent=not resend_waiting)
             ]
         sent = []
         for job_id in claimed:

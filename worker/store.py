@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.fine_tuning.repository import FineTuningRepository
-from app.fine_tuning.state import WAITING, JobStatus
+from app.fine_tuning.state import WAITING_VALUES, JobStatus
 from app.orm import (
     File,
     FineTunedModel,
@@ -126,9 +126,7 @@ class JobStore(FineTuningRepository):
     def waiting_jobs(self, *, unsent_before: datetime | None) -> list[str]:
         """Jobs that need a message: all of them, or (with `unsent_before`) those created before
         it with no message known to be sent."""
-        query = select(FineTuningJob.id).where(
-            FineTuningJob.status.in_([status.value for status in WAITING])
-        )
+        query = select(FineTuningJob.id).where(FineTuningJob.status.in_(WAITING_VALUES))
         if unsent_before is not None:
             query = query.where(
                 FineTuningJob.enqueued_at.is_(None), FineTuningJob.created_at < unsent_before

@@ -19,7 +19,7 @@ from app.config import get_settings
 from app.db import Database
 from app.files.storage import LocalStorage
 from worker.broker_memory import broker_memory
-from worker.celery_app import RUN_JOB_TASK, celery_app
+from worker.celery_app import RUN_JOB_TASK, CeleryJobQueue, celery_app
 from worker.reconciler import Reconciler
 from worker.runner import JobRunner
 
@@ -42,10 +42,6 @@ def run_job(job_id: str) -> None:
     _runner().run(job_id)
 
 
-def _send(job_id: str) -> None:
-    celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().training_queue)
-
-
 def _reconcile_forever(reconciler: Reconciler, every_seconds: float) -> None:
     while True:
         time.sleep(every_seconds)
@@ -61,7 +57,9 @@ def _start_reconciler(**_: object) -> None:
     and a worker that died mid-validation holds no lease); then keep watching."""
     settings = get_settings()
     reconciler = Reconciler(
-        Database(settings.resolved_database_url), _send, broker_memory(settings)
+        Database(settings.resolved_database_url),
+        CeleryJobQueue(settings, celery_app).enqueue,
+        broker_memory(settings),
     )
     reconciler.run_once(resend_waiting=True)
     threading.Thread(

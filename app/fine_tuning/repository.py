@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Text, cast, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.fine_tuning.state import WAITING
+from app.fine_tuning.state import WAITING_VALUES
 from app.ids import new_id
 from app.orm import FineTunedModel, FineTuningCheckpoint, FineTuningEvent, FineTuningJob
 from app.orm.base import utcnow
@@ -24,7 +24,6 @@ from app.pagination import Page, paginate
 JOB_PREFIX = "ftjob-"
 EVENT_PREFIX = "ftevent-"
 CHECKPOINT_PREFIX = "ftckpt_"
-_WAITING = sorted(status.value for status in WAITING)
 
 
 class FineTuningRepository:
@@ -47,33 +46,24 @@ class FineTuningRepository:
 
     # The broker outbox: `enqueued_at` says a message for the job is known to be sent.
 
-    def mark_enqueued(self, job_id: str, at: datetime) -> None:
-        """The broker accepted a message for the job (sent after the job's commit)."""
-        self.session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id == job_id, FineTuningJob.status.in_(_WAITING))
-            .values(enqueued_at=at)
-            .execution_options(synchronize_session=False)
-        )
+    def mark_enqueued(self, job_id: str, at: datetime, *, only_if_unsent: bool = False) -> bool:
+        """Record that the job's message is (being) sent at `at`; True when this call did.
 
-    def claim_enqueue(self, job_id: str, at: datetime, *, resend: bool = False) -> bool:
-        """Take the right to send the job's message: True for exactly one of several callers.
-
-        Without `resend` only a job with no message known to be sent qualifies; with it, any
-        waiting job marked before `at` (the broker lost its messages).
+        The API marks after its send; a reconciler marks first with `only_if_unsent`, which
+        makes it true for exactly one of several reconcilers, and only that one sends.
         """
-        unsent = FineTuningJob.enqueued_at.is_(None)
-        condition = or_(unsent, FineTuningJob.enqueued_at < at) if resend else unsent
+        query = update(FineTuningJob).where(
+            FineTuningJob.id == job_id, FineTuningJob.status.in_(WAITING_VALUES)
+        )
+        if only_if_unsent:
+            query = query.where(FineTuningJob.enqueued_at.is_(None))
         result = self.session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id == job_id, FineTuningJob.status.in_(_WAITING), condition)
-            .values(enqueued_at=at)
-            .execution_options(synchronize_session=False)
+            query.values(enqueued_at=at).execution_options(synchronize_session=False)
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
 
     def unmark_enqueued(self, job_id: str, at: datetime) -> None:
-        """Undo `claim_enqueue` when the send failed, so the next pass tries again."""
+        """Undo a reconciler's `mark_enqueued` when its send failed: the next pass tries again."""
         self.session.execute(
             update(FineTuningJob)
             .where(FineTuningJob.id == job_id, FineTuningJob.enqueued_at == at)

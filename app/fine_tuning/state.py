@@ -44,6 +44,7 @@ TERMINAL = frozenset(status for status, moves in ALLOWED_MOVES.items() if not mo
 ACTIVE = frozenset({S.VALIDATING_FILES, S.QUEUED, S.RUNNING})
 # Statuses in which a job needs a message in the broker for a worker to pick it up.
 WAITING = frozenset({S.VALIDATING_FILES, S.QUEUED})
+WAITING_VALUES = sorted(status.value for status in WAITING)  # for SQL `IN (...)`
 
 
 def can_move(source: JobStatus, target: JobStatus) -> bool:

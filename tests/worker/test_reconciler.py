@@ -212,6 +212,9 @@ def test_folder_memory_notices_a_wiped_folder(tmp_path: Path) -> None:
         entry.unlink()
     assert memory.forgot()
     assert not memory.forgot()
+    nested = FolderMemory(tmp_path / "queue")  # the whole folder wiped: made again, told once
+    assert nested.forgot()
+    assert not nested.forgot()
 
 
 def test_redis_memory_notices_a_flushed_redis(redis_url: str) -> None:

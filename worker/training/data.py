@@ -532,15 +532,23 @@ class PackedRow:
         self.lengths.append(example.n_tokens)
 
 
-def pack_examples(examples: Sequence[TokenizedExample], max_tokens_per_row: int) -> list[PackedRow]:
-    """Pack examples, in order, into as few rows of at most ``max_tokens_per_row`` as greedily fit.
+def pack_examples(
+    examples: Sequence[TokenizedExample], max_tokens_per_row: int | None = None
+) -> list[PackedRow]:
+    """Pack examples, in order, into as few rows of at most ``max_tokens_per_row`` as greedily fit
+    (all in one row when it is None).
 
     Rows are not padded: each row is its own forward pass, so there is no padding at all.  An
     example longer than a row gets a row to itself (examples were checked against the context).
     """
     rows: list[PackedRow] = []
     for example in examples:
-        if not rows or rows[-1].n_tokens + example.n_tokens > max_tokens_per_row:
+        full = (
+            max_tokens_per_row is not None
+            and rows
+            and rows[-1].n_tokens + example.n_tokens > max_tokens_per_row
+        )
+        if not rows or full:
             rows.append(PackedRow())
         rows[-1].add(example)
     return rows

@@ -27,7 +27,6 @@ import json
 import math
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -278,17 +277,6 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
     )
 
 
-def packed_row_tokens(device: torch.device, max_seq_len: int) -> int:
-    """How many tokens one forward row may hold: a whole batch.
-
-    Attention runs per example (`attention.use_varlen_attention`), so a longer row adds no
-    attention work; the projections and MLPs get one large matmul per layer instead of one per
-    example, and there is one forward and one backward per step. A batch's row never holds more
-    than the batch's real tokens, never more than a padded batch of the same examples would.
-    """
-    return sys.maxsize
-
-
 class _Run:
     """The pieces of one run the step, evaluation and checkpoint code share."""
 
@@ -307,7 +295,11 @@ class _Run:
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.optimizer, self.scheduler, self.hp = optimizer, scheduler, hp
         self.device, self.max_seq_len = device, max_seq_len
-        self.row_tokens = row_tokens or packed_row_tokens(device, max_seq_len)
+        # None: the whole batch in one row. Attention runs per example
+        # (`attention.use_varlen_attention`), so a longer row adds no attention work, while the
+        # projections and MLPs get one large matmul per layer and there is one forward and one
+        # backward per step; the row never holds more than the batch's real tokens.
+        self.row_tokens = row_tokens
         self.fingerprint = _fingerprint(config.training_file)
         self.forward = make_row_loss(model)
 
