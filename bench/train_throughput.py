@@ -399,6 +399,14 @@ def main(argv: list[str] | None = None) -> Result:
         help="cap the engine's row length (default: none, a whole batch per row with varlen "
         "attention; 1 gives every example a row of its own)",
     )
+    parser.add_argument(
+        "--compile",
+        choices=("on", "off", "auto"),
+        default="on",
+        help="torch.compile the engine's decoder layers (default on: the steady state of a job "
+        "long enough for the engine's 'auto' to compile; the compile time lands in the warmup "
+        "step and is printed); 'auto' decides as a job of this bench's size would",
+    )
     parser.add_argument("--weights", choices=("auto", "real", "random"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-cache-dir", type=Path, default=DEFAULT_CACHE)
@@ -484,6 +492,8 @@ def main(argv: list[str] | None = None) -> Result:
             return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
         engine_opt, engine_sched = optimizer_and_schedule(engine_model)
+        cfg.compile = args.compile
+        compiled = sft._use_compile(cfg, device, sum(e.n_tokens for e in examples))
         run = sft._Run(
             cfg,
             engine_model,
@@ -494,6 +504,7 @@ def main(argv: list[str] | None = None) -> Result:
             device,
             args.max_len,
             row_tokens=args.engine_row_tokens or None,
+            compiled=compiled,
         )
         row_tokens = run.row_tokens
 
@@ -527,6 +538,11 @@ def main(argv: list[str] | None = None) -> Result:
             f"baseline pads to {padded:.2f}x the real tokens; engine "
             + (f"rows of <= {row_tokens} tokens" if row_tokens is not None else "one row per batch")
             + ", varlen attention"
+            + (
+                ", compiled layers (compiling happens in the first warmup step)"
+                if run.compiled
+                else ", eager"
+            )
         )
 
         # 3. baseline Trainer, engine step run from its callback ------------------------------

@@ -6,13 +6,17 @@ cross-example ones away: quadratic work in the row's length, not in each example
 registers an attention function with transformers that splits queries, keys and values at the
 example boundaries and runs causal SDPA once per example, so the projections and MLPs see one
 large row (efficient matmuls, one forward and one backward) while attention costs what the
-examples would cost alone. The boundaries come in as ``segment_lengths`` (a list of ints, known
-on the host: no device sync) through the model's forward kwargs.
+examples would cost alone. The boundaries are set around the forward with
+``packed_segments(lengths)`` (a list of ints, known on the host: no device sync); they never pass
+through the model's code, so a compiled layer sees no per-row Python values to guard on or
+specialise for, and the attention itself runs outside the compiled graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -21,8 +25,20 @@ import torch.nn.functional as F
 VARLEN_ATTENTION = "tuna_varlen"
 
 _registered = False
+_segments: ContextVar[Sequence[int] | None] = ContextVar("tuna_packed_segments", default=None)
 
 
+@contextmanager
+def packed_segments(lengths: Sequence[int] | None) -> Iterator[None]:
+    """Within this block, rows fed to a varlen-attention model hold examples of ``lengths``."""
+    token = _segments.set(list(lengths) if lengths else None)
+    try:
+        yield
+    finally:
+        _segments.reset(token)
+
+
+@torch.compiler.disable  # per-example shapes: eager, between the compiled parts of a layer
 def _varlen_sdpa(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -31,22 +47,21 @@ def _varlen_sdpa(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
-    segment_lengths: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """(batch, heads, seq, dim) in, (batch, seq, heads, dim) out, as transformers expects."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if segment_lengths is None or attention_mask is not None or query.shape[0] != 1:
+    lengths = _segments.get()
+    if lengths is None or attention_mask is not None or query.shape[0] != 1:
         return sdpa_attention_forward(  # type: ignore[no-any-return]
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    lengths = list(segment_lengths)
+    grouped = query.shape[1] != key.shape[1]  # grouped-query attention, without copying K/V
     parts = [
-        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+        F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=grouped
+        ).transpose(1, 2)
         for q, k, v in zip(
             query.split(lengths, dim=2),
             key.split(lengths, dim=2),
@@ -54,8 +69,7 @@ def _varlen_sdpa(
             strict=True,
         )
     ]
-    output = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-    return output.transpose(1, 2).contiguous(), None
+    return (parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, dim=1)), None
 
 
 def _no_mask(*_: Any, **__: Any) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 TrainingType = Literal["lora", "full"]
 Device = Literal["auto", "cpu", "cuda"]
+Compile = Literal["auto", "on", "off"]
 
 # Peak learning rates before the multiplier.  LoRA adapters start at zero and need a large step;
 # full fine-tuning moves every pretrained weight, so an order of magnitude less keeps it stable.
@@ -55,6 +56,9 @@ class TrainingConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     device: Device = "auto"
+    # torch.compile the decoder layers. "auto": on a GPU always; on a CPU when a C++ compiler is
+    # installed and the run is long enough to win back the compile time (see sft._use_compile).
+    compile: Compile = "auto"
     resume_from_checkpoint: Path | None = None
     keep_checkpoints: int = 3
     checkpoint_every_epoch: bool = True
@@ -75,6 +79,8 @@ class TrainingConfig:
             raise ValueError(f"training_type must be 'lora' or 'full', not {self.training_type!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be auto, on or off, not {self.compile!r}")
         if (
             self.n_epochs is not None
             and not N_EPOCHS_RANGE[0] <= self.n_epochs <= N_EPOCHS_RANGE[1]

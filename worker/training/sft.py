@@ -22,9 +22,11 @@ What must hold:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -36,7 +38,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from worker.training.attention import use_varlen_attention
+from worker.training.attention import packed_segments, use_varlen_attention
 from worker.training.base_models import (
     UnknownBaseModel,
     ensure_chat_template,
@@ -54,6 +56,7 @@ from worker.training.data import (
     load_examples,
     pack_examples,
 )
+from worker.training.kernels import compile_layers, fuse_lora, linear_cross_entropy
 
 try:
     import numpy as np
@@ -189,7 +192,14 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
             {"step": position.step, "resumed": True},
         )
 
-    run = _Run(config, model, tokenizer, optimizer, scheduler, hp, device, max_seq_len)
+    compiled = _use_compile(config, device, n_tokens * hp.n_epochs)
+    run = _Run(
+        config, model, tokenizer, optimizer, scheduler, hp, device, max_seq_len, compiled=compiled
+    )
+    if compiled:
+        callbacks.on_event(
+            "info", "Compiling the model's layers (the first step takes longer)", None
+        )
     callbacks.on_event(
         "info",
         f"Training {config.training_type} for {total_steps} steps on {device.type}",
@@ -291,6 +301,7 @@ class _Run:
         device: torch.device,
         max_seq_len: int,
         row_tokens: int | None = None,
+        compiled: bool = False,
     ) -> None:
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.optimizer, self.scheduler, self.hp = optimizer, scheduler, hp
@@ -302,6 +313,9 @@ class _Run:
         self.row_tokens = row_tokens
         self.fingerprint = _fingerprint(config.training_file)
         self.forward = make_row_loss(model)
+        # Training steps run compiled; evaluation (no grad, eval mode: other graphs) runs eager
+        # rather than compiling a second time for a few batches.
+        self.compiled = compiled and compile_layers(model) > 0
 
     def train_step(self, batch: list[TokenizedExample], step: int) -> tuple[float, float, int]:
         """One optimizer step on ``batch``; returns (loss, token accuracy, tokens processed)."""
@@ -309,14 +323,14 @@ class _Run:
         rows = pack_examples(batch, self.row_tokens)
         n_targets = sum(row.n_targets for row in rows)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, correct = 0.0, 0
+        totals = torch.zeros(2, device=self.device)  # summed loss, # correct; read once, below
         try:
             for row in rows:
-                with self._autocast():
+                with self._autocast(), self._compile_fallback():
                     row_loss, row_correct = self.forward(row, self.device)
                 (row_loss / n_targets).backward()
-                loss_sum += row_loss.item()
-                correct += row_correct
+                totals[0] += row_loss.detach()
+                totals[1] += row_correct
         except torch.OutOfMemoryError as exc:
             raise TrainingError(
                 f"Out of memory at step {step + 1} (batch of {len(batch)} examples, "
@@ -329,6 +343,7 @@ class _Run:
             )
         self.optimizer.step()
         self.scheduler.step()
+        loss_sum, correct = totals.tolist()
         return loss_sum / n_targets, correct / n_targets, sum(row.n_tokens for row in rows)
 
     @torch.no_grad()
@@ -336,18 +351,27 @@ class _Run:
         """(loss, token accuracy) over all label tokens of ``examples``; no RNG is consumed."""
         self.model.eval()
         rows = pack_examples(examples, self.row_tokens)
-        loss_sum, correct = 0.0, 0
+        totals = torch.zeros(2, device=self.device)
         for row in rows:
-            with self._autocast():
+            with self._autocast(), torch.compiler.set_stance("force_eager"):
                 row_loss, row_correct = self.forward(row, self.device)
-            loss_sum += row_loss.item()
-            correct += row_correct
+            totals[0] += row_loss
+            totals[1] += row_correct
+        loss_sum, correct = totals.tolist()
         n_targets = sum(row.n_targets for row in rows)
         return loss_sum / n_targets, correct / n_targets
 
     def _autocast(self) -> Any:
         use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def _compile_fallback(self) -> Any:
+        """If compiling fails (no working C++ compiler, an unsupported op), run eager instead."""
+        if not self.compiled:
+            return contextlib.nullcontext()
+        import torch._dynamo
+
+        return torch._dynamo.config.patch(suppress_errors=True)
 
     # Checkpoints -------------------------------------------------------------------------------
 
@@ -416,19 +440,26 @@ def _sweep_unlisted(folder: Path, kept: list[CheckpointInfo]) -> None:
 # Loss
 
 
-def make_row_loss(model: Any) -> Callable[[PackedRow, torch.device], tuple[torch.Tensor, int]]:
-    """A function: packed row -> (summed cross-entropy over its targets, # correct argmax).
+def make_row_loss(
+    model: Any,
+) -> Callable[[PackedRow, torch.device], tuple[torch.Tensor, torch.Tensor]]:
+    """A function: packed row -> (summed cross-entropy over its targets, # correct argmax), both
+    tensors on the device, so a step reads them back once, at its end.
 
-    For plain-head architectures only labelled positions go through ``lm_head``: with a 49k
-    vocabulary and mostly-prompt examples this saves most of the logits' memory and time.
+    For plain-head architectures only labelled positions go through ``lm_head``, fused with the
+    loss a chunk at a time (``kernels.linear_cross_entropy``): no logits at unlabelled positions
+    and never a full logits tensor.  LoRA projections run fused (``kernels.fuse_lora``).
     """
     use_varlen_attention(model)  # no attention between the examples sharing a row
+    fuse_lora(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     plain = getattr(base.config, "model_type", "") in _PLAIN_HEAD_TYPES
     backbone = getattr(base, base.base_model_prefix) if plain else None
     head = base.get_output_embeddings() if plain else None
+    if head is not None and getattr(head, "bias", None) is not None:
+        backbone = head = None  # a biased head: the plain forward below handles it
 
-    def row_loss(row: PackedRow, device: torch.device) -> tuple[torch.Tensor, int]:
+    def row_loss(row: PackedRow, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         input_ids = torch.tensor([row.input_ids], device=device)
         position_ids = torch.tensor([row.position_ids], device=device)
         # Labelled positions, found on the host: indexing with them needs no device sync.
@@ -436,27 +467,38 @@ def make_row_loss(model: Any) -> Callable[[PackedRow, torch.device], tuple[torch
         keep = torch.tensor(labelled, device=device)
         targets = torch.tensor([row.targets[i] for i in labelled], device=device)
         if backbone is not None and head is not None:
-            hidden = backbone(
-                input_ids=input_ids,
-                position_ids=position_ids,
-                use_cache=False,
-                segment_lengths=row.lengths or None,
-            ).last_hidden_state[0]
-            logits = head(hidden[keep])
-        else:
-            logits = model(
-                input_ids=input_ids,
-                position_ids=position_ids,
-                use_cache=False,
-                segment_lengths=row.lengths or None,
-            ).logits
-            logits = logits[0][keep]
-        logits = logits.float()
+            with packed_segments(row.lengths):
+                hidden = backbone(
+                    input_ids=input_ids, position_ids=position_ids, use_cache=False
+                ).last_hidden_state[0]
+            return linear_cross_entropy(hidden[keep], head.weight, targets)
+        with packed_segments(row.lengths):
+            output = model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        logits = output.logits[0][keep].float()
         loss = F.cross_entropy(logits, targets, reduction="sum")
-        correct = int((logits.argmax(dim=-1) == targets).sum().item())
-        return loss, correct
+        return loss, (logits.argmax(dim=-1) == targets).sum()
 
     return row_loss
+
+
+# On a CPU, compiling the layers takes about 40 s on 2 cores (once: all layers share the graph)
+# and saves about 6% of every step, so it pays from about 12 minutes of training: 100k tokens at
+# the ~150 tokens/s of SmolLM2-135M LoRA on such a machine.  Short runs stay eager.
+_CPU_COMPILE_MIN_TOKENS = 100_000
+
+
+def _use_compile(config: TrainingConfig, device: torch.device, planned_tokens: int) -> bool:
+    if config.compile != "auto":
+        return config.compile == "on"
+    if device.type == "cuda":
+        return True
+    return planned_tokens >= _CPU_COMPILE_MIN_TOKENS and _has_cxx_compiler()
+
+
+def _has_cxx_compiler() -> bool:
+    """Inductor's CPU backend builds C++; without a compiler, compiling would only fail."""
+    candidates = (os.environ.get("CXX"), "g++", "c++", "clang++")
+    return any(shutil.which(name) for name in candidates if name)
 
 
 def _warmup_cosine(

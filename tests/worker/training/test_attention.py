@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from worker.training.attention import VARLEN_ATTENTION, _varlen_sdpa
+from worker.training.attention import VARLEN_ATTENTION, _varlen_sdpa, packed_segments
 from worker.training.sft import make_row_loss
 
 
@@ -34,7 +34,8 @@ def test_matches_sdpa_with_a_block_diagonal_mask_including_grouped_heads() -> No
     value = torch.randn(1, kv_heads, total, dim, requires_grad=True)
     module = SimpleNamespace(num_key_value_groups=heads // kv_heads)
 
-    output, _ = _varlen_sdpa(module, query, key, value, None, segment_lengths=lengths)  # type: ignore[arg-type]
+    with packed_segments(lengths):
+        output, _ = _varlen_sdpa(module, query, key, value, None)  # type: ignore[arg-type]
     expected = F.scaled_dot_product_attention(
         query,
         key.repeat_interleave(heads // kv_heads, dim=1),
