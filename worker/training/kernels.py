@@ -198,13 +198,18 @@ def fuse_lora(model: torch.nn.Module) -> int:
     return fused
 
 
-def compile_layers(model: torch.nn.Module) -> int:
+def compile_layers(model: Any) -> int:
     """``torch.compile`` every decoder layer of ``model`` in place; returns how many.
 
     Shapes are dynamic (rows change length every step); the varlen attention inside each layer
     stays eager (``attention._varlen_sdpa`` is excluded), so per-row example boundaries never
     cause a recompile.  Layers share one compiled graph: parameters are inputs, not constants.
+    A worker process trains one job after another: the graphs of earlier runs are dropped
+    first, or they would pile up and, past dynamo's cache limit, silently turn compiling off.
     """
+    import torch._dynamo
+
+    torch._dynamo.reset()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
     layers = getattr(backbone, "layers", None)
