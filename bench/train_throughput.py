@@ -10,14 +10,17 @@ both see the same machine load (the CPU here is shared and noisy):
   logging/saving switched off.  Logits are computed at every position, padding included.
 * engine: ``worker.training.sft``'s per-step function (``_Run.train_step``: pack the batch into
   one row with restarting ``position_ids``, attention per example (varlen, nothing computed
-  across examples), logits only where there is a label, one forward and one backward).
+  across examples), fused LoRA projections, the head and loss fused a chunk of labelled
+  positions at a time (no logits elsewhere, never all at once), decoder layers compiled
+  (``--compile``), one forward and one backward).
   ``train()`` itself cannot be interleaved with another loop, so its step is driven directly,
   with the optimizer and schedule ``train()`` would build.
 
 Both start from the same weights (for LoRA the frozen base tensors are literally shared, only the
 adapters are copied; for full fine-tuning the whole model is copied), get identical token ids and
-assistant-only labels (tokenized by ``worker.training.data``), identical AdamW + warmup-cosine
-schedule + gradient clipping, and the same batches in the same order.
+assistant-only labels (tokenized by ``worker.training.data``), the same AdamW hyperparameters
+(the engine's fused kernel on a GPU) + warmup-cosine schedule + gradient clipping, and the same
+batches in the same order.
 
 Timing: a ``TrainerCallback`` runs one engine step at the end of every Trainer step.  A baseline
 step is timed from the moment the engine step hands control back until the Trainer's next
@@ -485,13 +488,17 @@ def main(argv: list[str] | None = None) -> Result:
             print(note)
         models_mb = (rss_bytes() - rss0) / MIB
 
-        def optimizer_and_schedule(model: Any) -> tuple[Any, Any]:
+        def optimizer_and_schedule(model: Any, engine: bool) -> tuple[Any, Any]:
             params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=cfg.weight_decay)
+            opt = (
+                sft.make_optimizer(params, hp.learning_rate, cfg.weight_decay, device)
+                if engine
+                else torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=cfg.weight_decay)
+            )
             factor = sft._warmup_cosine(total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
             return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
-        engine_opt, engine_sched = optimizer_and_schedule(engine_model)
+        engine_opt, engine_sched = optimizer_and_schedule(engine_model, engine=True)
         cfg.compile = args.compile
         compiled = sft._use_compile(cfg, device, sum(e.n_tokens for e in examples))
         run = sft._Run(
@@ -597,7 +604,7 @@ def main(argv: list[str] | None = None) -> Result:
             bf16=args.device == "cuda",
             dataloader_pin_memory=args.device == "cuda",
         )
-        baseline_opt, baseline_sched = optimizer_and_schedule(baseline_model)
+        baseline_opt, baseline_sched = optimizer_and_schedule(baseline_model, engine=False)
         trainer = RecordingTrainer(
             model=baseline_model,
             args=targs,

@@ -172,7 +172,7 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
     _seed_everything(config.seed)
     model = _load_model(config, model_dir, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(trainable, hp.learning_rate, config.weight_decay, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_cosine(total_steps, config.warmup_ratio, config.min_lr_ratio)
     )
@@ -479,6 +479,17 @@ def make_row_loss(
         return loss, (logits.argmax(dim=-1) == targets).sum()
 
     return row_loss
+
+
+def make_optimizer(
+    params: list[torch.nn.Parameter],
+    learning_rate: float,
+    weight_decay: float,
+    device: torch.device,
+) -> torch.optim.Optimizer:
+    """AdamW; on a GPU the fused kernel (one launch for all parameters, no per-tensor loop)."""
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, fused=fused)
 
 
 # On a CPU, compiling the layers takes about 40 s on 2 cores (once: all layers share the graph)
