@@ -11,6 +11,10 @@ What must hold:
   template that renders prefixes stably, without relying on ``{% generation %}`` markers; a
   template that does not is reported as an invalid example rather than silently mis-masked.
   The full text is tokenized once and each token is labelled by where its characters start.
+* Rendering gives ``apply_chat_template``'s text byte for byte without its per-call overhead, as
+  every chat is rendered two or more times: the bundled ChatML template in plain Python, any
+  other through transformers' compiled jinja template directly (``_ChatRenderer``); tools and
+  anything unusual still go through ``apply_chat_template``.
 * Legacy ``{"prompt", "completion"}`` examples are plain text: prompt tokens masked, completion
   tokens plus EOS trained.
 * A file is read as a stream, ``TOKENIZE_CHUNK`` examples at a time: the chats of a chunk are
@@ -34,14 +38,17 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import gc
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from worker.training.base_models import CHATML_TEMPLATE
 
 IGNORE_INDEX = -100
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -224,13 +231,13 @@ def prepare_chat(
     return out, weights, tools or None
 
 
-def render_chat(
+def _apply_chat_template(
     tokenizer: Any,
     messages: list[dict[str, Any]],
-    tools: list[dict[str, Any]] | None = None,
-    add_generation_prompt: bool = False,
+    tools: list[dict[str, Any]] | None,
+    add_generation_prompt: bool,
 ) -> str:
-    """The chat template's text for prepared ``messages`` (see ``prepare_chat``)."""
+    """The chat template's text through transformers' public call: the reference rendering."""
     kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
     if tools:
         kwargs["tools"] = tools
@@ -240,17 +247,230 @@ def render_chat(
     return text
 
 
+# Rendering without apply_chat_template.  ``apply_chat_template(..., tokenize=False)`` cleans the
+# messages and the tokenizer's special tokens (``bos_token``, ...) and renders its compiled jinja
+# template with them; about half of its time goes to that cleaning and to lookups it repeats on
+# every call, and the engine renders every chat two or more times (the whole chat, and the
+# prefixes that locate each trained message).  The functions below give the same text, byte for
+# byte: the messages are cleaned the same way once per chat, and the template is rendered
+# directly, or in plain Python for the ChatML template every bundled base uses.  Whatever they do
+# not cover (tools, a tokenizer with several templates, unusual messages, an empty prefix, a
+# transformers without the helpers) goes through apply_chat_template.
+
+_Render = Callable[[list[dict[str, Any]], bool], str]  # (messages, add_generation_prompt) -> text
+
+
+@functools.cache
+def _template_utils() -> Any:
+    """transformers' chat-template helpers, or None in a version without them.
+
+    They are private: ``_compile_jinja_template`` (the compiled template apply_chat_template
+    renders, cached by transformers) and ``_plain_template_data`` (how it cleans what the template
+    sees).  tests/worker/training/test_render.py checks the direct path against
+    apply_chat_template, so a transformers that changes either shows up there.
+    """
+    try:
+        from transformers.utils import chat_template_utils
+    except ImportError:
+        return None
+    needed = ("_compile_jinja_template", "_plain_template_data")
+    return chat_template_utils if all(hasattr(chat_template_utils, n) for n in needed) else None
+
+
+@dataclass(frozen=True)
+class _CompiledTemplate:
+    """A chat template as transformers compiles it, rendered the way ``Template.render`` does.
+
+    ``Template.render`` merges the environment's globals into every render's variables through a
+    ``ChainMap``, a third of a short chat's render; they are flattened once here instead.
+    """
+
+    template: Any  # jinja2.Template, compiled in transformers' sandboxed environment
+    globals: dict[str, Any]
+
+    def render(self, variables: dict[str, Any]) -> str:
+        from jinja2.runtime import new_context
+
+        template, environment = self.template, self.template.environment
+        context = new_context(
+            environment,
+            template.name,
+            template.blocks,
+            {**self.globals, **variables},  # as Template.new_context: variables win
+            shared=True,
+            globals=self.globals,
+        )
+        try:
+            return environment.concat(template.root_render_func(context))
+        except Exception:
+            environment.handle_exception()  # re-raises, as Template.render does
+            raise  # not reached
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_template(template: str) -> _CompiledTemplate | None:
+    """``template`` compiled as apply_chat_template compiles it, or None where it cannot be."""
+    utils = _template_utils()
+    if utils is None:
+        return None
+    compiled = utils._compile_jinja_template(template)
+    if compiled.environment.is_async:
+        return None
+    return _CompiledTemplate(compiled, dict(compiled.globals))
+
+
+_CHATML_DEFAULT_SYSTEM = (
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    "<|im_end|>\n"
+)
+
+
+def _render_chatml(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    """``CHATML_TEMPLATE`` (see base_models) in Python, for messages whose role and content are
+    strings (``_chatml_renders``); the jinja render costs ten times more, most of it the sandbox
+    checking every attribute the template reads.
+
+        {% for message in messages %}
+          {% if loop.first and messages[0]['role'] != 'system' %}<default system message>{% endif %}
+          {{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}
+        {% endfor %}
+        {% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}
+    """
+    parts = [] if messages[0]["role"] == "system" else [_CHATML_DEFAULT_SYSTEM]
+    parts += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+    if add_generation_prompt:
+        parts.append("<|im_start|>assistant\n")
+    return "".join(parts)
+
+
+def _chatml_renders(messages: list[dict[str, Any]]) -> bool:
+    """Whether ``_render_chatml`` gives the template's text for ``messages`` as they are.
+
+    The template reads nothing but each message's role and content, which apply_chat_template's
+    cleaning (``_template_messages``) leaves as they are when they are strings; on anything else
+    (a missing content) the jinja render fails, and so is left to give its own error.
+    """
+    return all(
+        type(m) is dict and type(m.get("role")) is str and type(m.get("content")) is str
+        for m in messages
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _is_chatml(template: str) -> bool:
+    """Whether ``template`` is ``CHATML_TEMPLATE``, however its string literals are written.
+
+    Tokenizer files carry it with real newlines inside the quotes, base_models with ``\\n``; the
+    two parse to the same syntax tree (jinja nodes compare by their fields, not positions).
+    """
+    compiled = _compiled_template(template)
+    if compiled is None:
+        return False
+    parse = compiled.template.environment.parse
+    return bool(parse(template) == parse(CHATML_TEMPLATE))
+
+
+# The message keys ``prepare_chat`` hands a template; a message with any other key (reasoning,
+# which apply_chat_template renames) is rendered by apply_chat_template itself.
+_TEMPLATE_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
+
+
+def _template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """``messages`` exactly as apply_chat_template hands them to the template, or None if unusual.
+
+    It drops the keys whose value is None and rebuilds every value from plain JSON types
+    (``_plain_template_data``); a plain ``str`` comes out as itself, so only the rest (tool
+    calls) needs that copy, which was most of its cost.
+    """
+    utils = _template_utils()
+    if utils is None:
+        return None
+    out = []
+    for message in messages:
+        if type(message) is not dict or not message.keys() <= _TEMPLATE_MESSAGE_KEYS:
+            return None
+        out.append(
+            {
+                key: value if type(value) is str else utils._plain_template_data(value)
+                for key, value in message.items()
+                if value is not None
+            }
+        )
+    return out
+
+
+def _jinja_render(tokenizer: Any, template: str) -> _Render | None:
+    """How to render cleaned messages with ``template`` directly, or None where it cannot be."""
+    compiled = _compiled_template(template)
+    if compiled is None:
+        return None
+    utils = _template_utils()
+    variables = {
+        "tools": None,
+        "documents": None,
+        **utils._plain_template_data(tokenizer.special_tokens_map),
+    }
+
+    def render(prefix: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return compiled.render(
+            {"messages": prefix, "add_generation_prompt": add_generation_prompt, **variables}
+        )
+
+    return render
+
+
+class _ChatRenderer:
+    """Renders the prefixes of one prepared chat, byte for byte as ``apply_chat_template``."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.tokenizer, self.messages, self.tools = tokenizer, messages, tools
+        # With a direct render: the messages as the template sees them, and how to render them.
+        self.cleaned: list[dict[str, Any]] = []
+        self.direct: _Render | None = None
+        template = getattr(tokenizer, "chat_template", None)
+        if tools or not isinstance(template, str):
+            return
+        if _is_chatml(template) and _chatml_renders(messages):
+            self.cleaned, self.direct = messages, _render_chatml
+            return
+        cleaned = _template_messages(messages)
+        if cleaned is not None:
+            self.cleaned, self.direct = cleaned, _jinja_render(tokenizer, template)
+
+    def render(self, n_messages: int, add_generation_prompt: bool = False) -> str:
+        """The text of the first ``n_messages`` messages."""
+        if self.direct is None or n_messages == 0:  # an empty chat: transformers' own error
+            messages = self.messages[:n_messages]
+            return _apply_chat_template(self.tokenizer, messages, self.tools, add_generation_prompt)
+        return self.direct(self.cleaned[:n_messages], add_generation_prompt)
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+) -> str:
+    """The chat template's text for prepared ``messages`` (see ``prepare_chat``)."""
+    return _ChatRenderer(tokenizer, messages, tools).render(len(messages), add_generation_prompt)
+
+
 def _assistant_char_spans(
-    tokenizer: Any, messages: list[dict[str, Any]], weights: list[int], tools: Any, full: str
+    chat: _ChatRenderer, weights: list[int], full: str
 ) -> list[tuple[int, int]]:
     """Character spans of ``full`` that trained assistant messages produce."""
     spans = []
-    for i, message in enumerate(messages):
+    for i, message in enumerate(chat.messages):
         if message["role"] != "assistant" or not weights[i]:
             continue
-        before = render_chat(tokenizer, messages[:i], tools, add_generation_prompt=True)
-        last = i == len(messages) - 1  # then the prefix is the whole chat, rendered already
-        through = full if last else render_chat(tokenizer, messages[: i + 1], tools)
+        before = chat.render(i, add_generation_prompt=True)
+        last = i == len(chat.messages) - 1  # then the prefix is the whole chat, rendered already
+        through = full if last else chat.render(i + 1)
         if not (through.startswith(before) and full.startswith(through)):
             raise ValueError(
                 f"message {i + 1}: the chat template does not render this conversation "
@@ -276,8 +496,9 @@ def render_training_chat(tokenizer: Any, example: dict[str, Any]) -> RenderedCha
     messages, weights, tools = prepare_chat(example["messages"], example.get("tools"), template)
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("has no assistant message")
-    full = render_chat(tokenizer, messages, tools)
-    return RenderedChat(full, _assistant_char_spans(tokenizer, messages, weights, tools, full))
+    chat = _ChatRenderer(tokenizer, messages, tools)
+    full = chat.render(len(messages))
+    return RenderedChat(full, _assistant_char_spans(chat, weights, full))
 
 
 def _first_token_from(encoding: Any, char: int) -> int:

@@ -1,9 +1,11 @@
 """The batched tokenization pipeline gives exactly what tokenizing example by example gave.
 
 The reference below is the per-example algorithm the engine used before batching: render every
-conversation prefix, tokenize the full text with offsets, and train each token whose characters
-start inside an assistant span.  Ids, labels and reported problems must match it exactly, on
-both bundled tokenizers, with chunk boundaries falling anywhere.
+conversation prefix with ``apply_chat_template``, tokenize the full text with offsets, and train
+each token whose characters start inside an assistant span.  Ids, labels and reported problems
+must match it exactly, on both bundled tokenizers and on one with a template that has native tool
+calls (rendered by the engine's direct jinja path rather than its Python ChatML one), with chunk
+boundaries falling anywhere.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.worker.training.helpers import chat, write_jsonl
+from tests.worker.training.test_render import TOOLS_TEMPLATE, via_apply
 from worker.training import data
 from worker.training.base_models import resolve_base_model
 from worker.training.data import (
@@ -27,7 +30,6 @@ from worker.training.data import (
     load_examples,
     prepare_chat,
     read_jsonl,
-    render_chat,
     tokenize_example,
     tokenize_legacy,
     validate_examples,
@@ -46,13 +48,13 @@ def reference_tokenize_chat(tokenizer: Any, example: dict[str, Any]) -> Tokenize
     messages, weights, tools = prepare_chat(example["messages"], example.get("tools"), template)
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("has no assistant message")
-    full = render_chat(tokenizer, messages, tools)
+    full = via_apply(tokenizer, messages, tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or not weights[i]:
             continue
-        before = render_chat(tokenizer, messages[:i], tools, add_generation_prompt=True)
-        through = render_chat(tokenizer, messages[: i + 1], tools)
+        before = via_apply(tokenizer, messages[:i], tools, add_generation_prompt=True)
+        through = via_apply(tokenizer, messages[: i + 1], tools)
         if not (through.startswith(before) and full.startswith(through)):
             raise ValueError(
                 f"message {i + 1}: the chat template does not render this conversation "
@@ -208,10 +210,16 @@ def varied_rows(n_random: int, seed: int = 0) -> list[Any]:
     return rows
 
 
-@pytest.fixture(scope="module", params=["tuna-tiny-test", "SmolLM2-135M-Instruct"])
+@pytest.fixture(
+    scope="module", params=["tuna-tiny-test", "SmolLM2-135M-Instruct", "tools-template"]
+)
 def any_tokenizer(request: pytest.FixtureRequest, model_cache: Path) -> Any:
     from transformers import AutoTokenizer
 
+    if request.param == "tools-template":  # the tiny tokenizer with another template
+        tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("tuna-tiny-test", model_cache))
+        tokenizer.chat_template = TOOLS_TEMPLATE
+        return tokenizer
     return AutoTokenizer.from_pretrained(resolve_base_model(request.param, model_cache))
 
 
