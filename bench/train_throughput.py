@@ -649,7 +649,8 @@ def main(argv: list[str] | None = None) -> Result:
         f"(min {min(base_tps):.1f}, max {max(base_tps):.1f})"
     )
     print(
-        "engine (packed, varlen attention, label-only logits): "
+        f"engine (packed, varlen attention, fused LoRA + head/loss, "
+        f"{'compiled' if run.compiled else 'eager'}): "
         f"median {result.engine_tokens_per_s:.1f} "
         f"real tokens/s (min {min(eng_tps):.1f}, max {max(eng_tps):.1f})"
     )
