@@ -127,8 +127,9 @@ def test_a_whole_run_in_the_browser(
     )
     page.select_option("#job-validation-file", valid_id)
     page.fill("#job-suffix", "browser")
-    # Long enough (120 steps) for the page's 2-second polls to see the curve grow mid-run.
-    page.fill("#job-epochs", "3")
+    # Long enough (400 steps) for the page's 2-second polls to see the curve grow mid-run: the
+    # tiny model trains in a few milliseconds a step, so a 120-step job could end between polls.
+    page.fill("#job-epochs", "10")
     page.fill("#job-batch-size", "1")
     page.fill("#job-seed", "3")
     _shot(page, shots, "04-new-job")
@@ -146,10 +147,10 @@ def test_a_whole_run_in_the_browser(
     model = page.inner_text("#ft-model")
     assert model.startswith(f"ft:{TINY}:") and ":browser:" in model
     page.wait_for_function("document.querySelectorAll('#checkpoints tbody code').length >= 1")
-    assert _points(page) == 120  # 40 examples / batch 1 x 3 epochs: every step plotted
+    assert _points(page) == 400  # 40 examples / batch 1 x 10 epochs: every step plotted
     assert _points(page, "valid") >= 1
     assert page.locator("#events li", has_text="The job has successfully completed").count() == 1
-    assert page.inner_text("#progress-steps") == "120 / 120"
+    assert page.inner_text("#progress-steps") == "400 / 400"
     assert page.locator("#cancel-job").count() == 0
     _shot(page, shots, "06-job-succeeded")
 
@@ -158,7 +159,7 @@ def test_a_whole_run_in_the_browser(
     row = page.wait_for_selector(f"#jobs-table tr[data-job-id='{job_id}']")
     page.wait_for_selector(f"#jobs-table tr[data-job-id='{job_id}'] .steps")
     text = row.inner_text()
-    assert "succeeded" in text and model in text and "120/120" in text
+    assert "succeeded" in text and model in text and "400/400" in text
     _shot(page, shots, "07-jobs")
 
     # The playground, opened from the job, talks to the new model (streaming).
