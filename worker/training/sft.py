@@ -326,9 +326,10 @@ class _Run:
         totals = torch.zeros(2, device=self.device)  # summed loss, # correct; read once, below
         try:
             for row in rows:
-                with self._autocast(), self._compile_fallback():
-                    row_loss, row_correct = self.forward(row, self.device)
-                (row_loss / n_targets).backward()
+                with self._compile_fallback():
+                    with self._autocast():
+                        row_loss, row_correct = self.forward(row, self.device)
+                    (row_loss / n_targets).backward()
                 totals[0] += row_loss.detach()
                 totals[1] += row_correct
         except torch.OutOfMemoryError as exc:
