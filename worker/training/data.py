@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.training.base_models import CHATML_TEMPLATE
+from worker.training.base_models import CHATML_DEFAULT_SYSTEM, CHATML_TEMPLATE
 
 IGNORE_INDEX = -100
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -319,10 +319,7 @@ def _compiled_template(template: str) -> _CompiledTemplate | None:
     return _CompiledTemplate(compiled, dict(compiled.globals))
 
 
-_CHATML_DEFAULT_SYSTEM = (
-    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
-    "<|im_end|>\n"
-)
+_CHATML_DEFAULT_SYSTEM = f"<|im_start|>system\n{CHATML_DEFAULT_SYSTEM}<|im_end|>\n"
 
 
 def _render_chatml(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
