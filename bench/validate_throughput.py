@@ -197,12 +197,11 @@ def measure_validation(path: Path) -> ValidationRun:
 
 
 def load_tokenizer(cache_dir: Path) -> Any:
-    from transformers import AutoTokenizer
 
-    from worker.training.base_models import ensure_chat_template, resolve_base_model
+    from worker.training.base_models import load_tokenizer, resolve_base_model
 
     folder = resolve_base_model("tuna-tiny-test", cache_dir)  # SmolLM2's tokenizer
-    return ensure_chat_template(AutoTokenizer.from_pretrained(folder))
+    return load_tokenizer(folder)
 
 
 def first_lines(path: Path, limit: int) -> list[bytes]:

@@ -144,15 +144,17 @@ class JobRunner:
         self, base_model: str, files: dict[str, Path | None]
     ) -> tuple[str, str, str | None] | None:
         """Checks that need the tokenizer; (code, message, param) of the first failure."""
-        from transformers import AutoTokenizer
-
         from worker.training import validate_examples
-        from worker.training.base_models import get_base_model_info, resolve_base_model
+        from worker.training.base_models import (
+            get_base_model_info,
+            load_tokenizer,
+            resolve_base_model,
+        )
 
         model_dir = resolve_base_model(
             base_model, self.settings.resolved_model_cache_dir, self.settings.local_models
         )
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = load_tokenizer(model_dir)
         context = get_base_model_info(base_model, self.settings.local_models).context_length
         for param in ("training_file", "validation_file"):
             path = files[param]

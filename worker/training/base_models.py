@@ -84,6 +84,14 @@ def ensure_chat_template(tokenizer: Any) -> Any:
     return tokenizer
 
 
+def load_tokenizer(model_dir: Path) -> Any:
+    """A base model's tokenizer as training sees it (chat template ensured): validation and
+    training must tokenize a file the same way."""
+    from transformers import AutoTokenizer
+
+    return ensure_chat_template(AutoTokenizer.from_pretrained(model_dir))
+
+
 def _smollm2_tokenizer(cache_dir: Path) -> Any:
     """The SmolLM2 tokenizer: from the converted folder if built, else straight from the GGUF."""
     from transformers import AutoTokenizer

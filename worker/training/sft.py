@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from worker.training.attention import packed_segments, use_varlen_attention
 from worker.training.base_models import (
     UnknownBaseModel,
-    ensure_chat_template,
     get_base_model_info,
+    load_tokenizer,
     resolve_base_model,
 )
 from worker.training.callbacks import TrainingCallbacks
@@ -141,7 +141,7 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
     except UnknownBaseModel as exc:
         raise TrainingError(str(exc), code="model_not_found", param="model") from exc
     max_seq_len = config.max_seq_len or context
-    tokenizer = _load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     train_examples = _load(config.training_file, tokenizer, max_seq_len, "training_file")
     valid_examples = (
         _load(config.validation_file, tokenizer, max_seq_len, "validation_file")
@@ -157,9 +157,10 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
 
     # 2. Hyperparameters, or the ones a checkpoint was made with --------------------------------
     state: dict[str, Any] | None = None
+    fingerprint = _fingerprint(config.training_file)  # checked on resume, saved in checkpoints
     if config.resume_from_checkpoint is not None:
         state = _read_state(config.resume_from_checkpoint)
-        _check_resumable(state, config, _fingerprint(config.training_file))
+        _check_resumable(state, config, fingerprint)
         hp = ResolvedHyperparameters(**state["hyperparameters"])
     else:
         hp = resolve_hyperparameters(len(train_examples), n_tokens, config)
@@ -194,7 +195,16 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
 
     compiled = _use_compile(config, device, n_tokens * hp.n_epochs)
     run = _Run(
-        config, model, tokenizer, optimizer, scheduler, hp, device, max_seq_len, compiled=compiled
+        config,
+        model,
+        tokenizer,
+        optimizer,
+        scheduler,
+        hp,
+        device,
+        max_seq_len,
+        compiled=compiled,
+        fingerprint=fingerprint,
     )
     if compiled:
         callbacks.on_event(
@@ -302,6 +312,7 @@ class _Run:
         max_seq_len: int,
         row_tokens: int | None = None,
         compiled: bool = False,
+        fingerprint: str | None = None,
     ) -> None:
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.optimizer, self.scheduler, self.hp = optimizer, scheduler, hp
@@ -311,7 +322,7 @@ class _Run:
         # projections and MLPs get one large matmul per layer and there is one forward and one
         # backward per step; the row never holds more than the batch's real tokens.
         self.row_tokens = row_tokens
-        self.fingerprint = _fingerprint(config.training_file)
+        self.fingerprint = fingerprint or _fingerprint(config.training_file)
         self.forward = make_row_loss(model)
         # Training steps run compiled; evaluation (no grad, eval mode: other graphs) runs eager
         # rather than compiling a second time for a few batches.
@@ -538,12 +549,6 @@ def _pick_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise TrainingError("device 'cuda' was requested but no GPU is available", code="no_gpu")
     return torch.device(requested)
-
-
-def _load_tokenizer(model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return ensure_chat_template(AutoTokenizer.from_pretrained(model_dir))
 
 
 def _load(path: Path, tokenizer: Any, max_seq_len: int, param: str) -> list[TokenizedExample]:
