@@ -83,7 +83,7 @@ def test_sigkilled_worker_job_resumes_and_matches_uninterrupted_run(isolated) ->
     messages = [e.message for e in all_events(client, job.id)]
     resumed = [re.fullmatch(r"Resumed from step (\d+) \(attempt 2\)", m) for m in messages]
     (step,) = [int(match.group(1)) for match in resumed if match]
-    assert sum(m.startswith("Resumed") for m in messages) == 1  # one event per resume
+    assert sum(m.startswith("Resumed") for m in messages) == 1, messages  # one per resume
     assert step % 12 == 0 and 12 <= step <= killed_at  # the last epoch checkpoint
     steps = [m["step"] for m in metrics_of(client, job.id)]
     assert steps == list(range(1, 49)), f"killed at {killed_at}; steps {steps}"
