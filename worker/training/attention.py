@@ -38,7 +38,6 @@ def packed_segments(lengths: Sequence[int] | None) -> Iterator[None]:
         _segments.reset(token)
 
 
-@torch.compiler.disable  # per-example shapes: eager, between the compiled parts of a layer
 def _varlen_sdpa(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -77,15 +76,28 @@ def _no_mask(*_: Any, **__: Any) -> None:
     return None
 
 
-def use_varlen_attention(model: Any) -> None:
-    """Switch ``model`` (a transformers model, or a peft wrapper of one) to varlen attention."""
+def _register(attention: Any) -> None:
     global _registered
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
+    AttentionInterface.register(VARLEN_ATTENTION, attention)
+    AttentionMaskInterface.register(VARLEN_ATTENTION, _no_mask)
+    _registered = True
+
+
+def use_varlen_attention(model: Any) -> None:
+    """Switch ``model`` (a transformers model, or a peft wrapper of one) to varlen attention."""
     if not _registered:
-        AttentionInterface.register(VARLEN_ATTENTION, _varlen_sdpa)
-        AttentionMaskInterface.register(VARLEN_ATTENTION, _no_mask)
-        _registered = True
+        _register(_varlen_sdpa)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(VARLEN_ATTENTION)
+
+
+def keep_attention_eager() -> None:
+    """Run the varlen attention eagerly inside compiled layers (its shapes are per example).
+
+    Called when layers are compiled (``kernels.compile_layers``), not at import, so that a run
+    that compiles nothing never imports dynamo (over a second of start-up).
+    """
+    _register(torch.compiler.disable(_varlen_sdpa))

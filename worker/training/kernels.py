@@ -202,14 +202,17 @@ def compile_layers(model: Any) -> int:
     """``torch.compile`` every decoder layer of ``model`` in place; returns how many.
 
     Shapes are dynamic (rows change length every step); the varlen attention inside each layer
-    stays eager (``attention._varlen_sdpa`` is excluded), so per-row example boundaries never
+    stays eager (``attention.keep_attention_eager``), so per-row example boundaries never
     cause a recompile.  Layers share one compiled graph: parameters are inputs, not constants.
     A worker process trains one job after another: the graphs of earlier runs are dropped
     first, or they would pile up and, past dynamo's cache limit, silently turn compiling off.
     """
     import torch._dynamo
 
+    from worker.training.attention import keep_attention_eager
+
     torch._dynamo.reset()
+    keep_attention_eager()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
     layers = getattr(backbone, "layers", None)

@@ -365,7 +365,7 @@ class _Run:
         rows = pack_examples(examples, self.row_tokens)
         totals = torch.zeros(2, device=self.device)
         for row in rows:
-            with self._autocast(), torch.compiler.set_stance("force_eager"):
+            with self._autocast(), self._eager():
                 row_loss, row_correct = self.forward(row, self.device)
             totals[0] += row_loss
             totals[1] += row_correct
@@ -376,6 +376,12 @@ class _Run:
     def _autocast(self) -> Any:
         use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def _eager(self) -> Any:
+        """Compiled layers run eagerly in this block (evaluation: other graphs, a few batches)."""
+        return (
+            torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
+        )
 
     def _compile_fallback(self) -> Any:
         """If compiling fails (no working C++ compiler, an unsupported op), run eager instead."""
