@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         description="A running job whose worker has not renewed its lease for this long is "
         "returned to the queue",
     )
+    training_activation_memory_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="Memory a training step's activations may take; unset: what the device "
+        "has free when the job starts. Larger batches are split, longer examples checkpointed",
+    )
     # Quotas (see docs/reliability.md); None or 0 means unlimited, the default.
     max_running_jobs_per_project: int | None = Field(
         default=None,

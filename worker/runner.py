@@ -269,6 +269,7 @@ class JobRunner:
             lora_alpha=int(hp.get("lora_alpha", 16)),
             lora_dropout=float(hp.get("lora_dropout", 0.0)),
             seed=seed,
+            activation_memory_gib=self.settings.training_activation_memory_gib,
             resume_from_checkpoint=latest_checkpoint(plan.output_dir),
         )
 

@@ -38,6 +38,11 @@ def packed_segments(lengths: Sequence[int] | None) -> Iterator[None]:
         _segments.reset(token)
 
 
+def current_segments() -> Sequence[int] | None:
+    """The example lengths of the innermost ``packed_segments`` block, or None outside one."""
+    return _segments.get()
+
+
 def _varlen_sdpa(
     module: torch.nn.Module,
     query: torch.Tensor,

@@ -59,6 +59,10 @@ class TrainingConfig:
     # torch.compile the decoder layers. "auto": on a GPU always; on a CPU when a C++ compiler is
     # installed and the run is long enough to win back the compile time (see sft._use_compile).
     compile: Compile = "auto"
+    # Memory a step's activations may take. None: what the device has free once the model,
+    # gradients and optimizer state are in place. Batches that would need more are split into
+    # rows that fit, and longer examples checkpoint layers (see memory.py).
+    activation_memory_gib: float | None = None
     resume_from_checkpoint: Path | None = None
     keep_checkpoints: int = 3
     checkpoint_every_epoch: bool = True
@@ -98,6 +102,8 @@ class TrainingConfig:
             raise ValueError("max_seq_len must be at least 8")
         if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("warmup_ratio must be in [0, 1) and min_lr_ratio in [0, 1]")
+        if self.activation_memory_gib is not None and not self.activation_memory_gib > 0:
+            raise ValueError("activation_memory_gib must be > 0")
         if self.keep_checkpoints < 1:
             raise ValueError("keep_checkpoints must be >= 1")
         if self.eval_every_steps is not None and self.eval_every_steps < 1:

@@ -199,25 +199,24 @@ def fuse_lora(model: torch.nn.Module) -> int:
 
 
 def compile_layers(model: Any) -> int:
-    """``torch.compile`` every decoder layer of ``model`` in place; returns how many.
+    """``torch.compile`` the forward of every decoder layer of ``model``; returns how many.
 
     Shapes are dynamic (rows change length every step); the varlen attention inside each layer
     stays eager (``attention.keep_attention_eager``), so per-row example boundaries never
     cause a recompile.  Layers share one compiled graph: parameters are inputs, not constants.
+    The forward is compiled rather than the module's ``__call__`` so that wrappers set on it
+    later (``memory.LayerCheckpointing``) stay outside the graph.
     A worker process trains one job after another: the graphs of earlier runs are dropped
     first, or they would pile up and, past dynamo's cache limit, silently turn compiling off.
     """
     import torch._dynamo
 
     from worker.training.attention import keep_attention_eager
+    from worker.training.memory import decoder_layers
 
     torch._dynamo.reset()
     keep_attention_eager()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
-    layers = getattr(backbone, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        return 0
-    for layer in layers:
-        layer.compile(dynamic=True)
-    return len(layers)
+    layers = decoder_layers(model)
+    for layer in layers or []:
+        layer.forward = torch.compile(layer.forward, dynamic=True)
+    return len(layers or [])

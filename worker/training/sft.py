@@ -30,7 +30,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -57,6 +57,13 @@ from worker.training.data import (
     pack_examples,
 )
 from worker.training.kernels import compile_layers, fuse_lora, linear_cross_entropy
+from worker.training.memory import (
+    LayerCheckpointing,
+    MemoryPlan,
+    activation_budget,
+    describe_memory_plan,
+    measure_activation_cost,
+)
 
 try:
     import numpy as np
@@ -210,6 +217,10 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
         callbacks.on_event(
             "info", "Compiling the model's layers (the first step takes longer)", None
         )
+    longest_batch = sum(sorted(e.n_tokens for e in train_examples)[-hp.batch_size :])
+    longest_example = max(e.n_tokens for e in train_examples)
+    for level, message in describe_memory_plan(run.memory, longest_example, longest_batch):
+        callbacks.on_event(level, message, None)
     callbacks.on_event(
         "info",
         f"Training {config.training_type} for {total_steps} steps on {device.type}",
@@ -327,17 +338,28 @@ class _Run:
         # Training steps run compiled; evaluation (no grad, eval mode: other graphs) runs eager
         # rather than compiling a second time for a few batches.
         self.compiled = compiled and compile_layers(model) > 0
+        self.checkpointing = LayerCheckpointing(model)
+        self.model.train()
+        cost = measure_activation_cost(self.forward, self.checkpointing, device, self._probing)
+        budget = activation_budget(device, model, optimizer, config.activation_memory_gib)
+        self.memory = MemoryPlan(cost, budget)
+
+    @property
+    def max_row_tokens(self) -> int:
+        """Tokens packed into one forward at most: the memory plan's, unless set explicitly."""
+        return self.row_tokens if self.row_tokens is not None else self.memory.row_tokens
 
     def train_step(self, batch: list[TokenizedExample], step: int) -> tuple[float, float, int]:
         """One optimizer step on ``batch``; returns (loss, token accuracy, tokens processed)."""
         self.model.train()
-        rows = pack_examples(batch, self.row_tokens)
+        rows = pack_examples(batch, self.max_row_tokens)
         n_targets = sum(row.n_targets for row in rows)
         self.optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(2, device=self.device)  # summed loss, # correct; read once, below
         try:
             for row in rows:
-                with self._compile_fallback():
+                checkpointed = self.memory.checkpointed_layers(row.n_tokens)
+                with self._compile_fallback(), self.checkpointing.layers_checkpointed(checkpointed):
                     with self._autocast():
                         row_loss, row_correct = self.forward(row, self.device)
                     (row_loss / n_targets).backward()
@@ -362,7 +384,7 @@ class _Run:
     def evaluate(self, examples: list[TokenizedExample]) -> tuple[float, float]:
         """(loss, token accuracy) over all label tokens of ``examples``; no RNG is consumed."""
         self.model.eval()
-        rows = pack_examples(examples, self.row_tokens)
+        rows = pack_examples(examples, self.max_row_tokens)
         totals = torch.zeros(2, device=self.device)
         for row in rows:
             with self._autocast(), self._eager():
@@ -382,6 +404,12 @@ class _Run:
         return (
             torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
         )
+
+    @contextlib.contextmanager
+    def _probing(self) -> Iterator[None]:
+        """How the memory probe runs its forwards: as training does, but eager."""
+        with self._eager(), self._autocast():
+            yield
 
     def _compile_fallback(self) -> Any:
         """If compiling fails (no working C++ compiler, an unsupported op), run eager instead."""
