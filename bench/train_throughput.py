@@ -408,6 +408,13 @@ def main(argv: list[str] | None = None) -> Result:
         "long enough for the engine's 'auto' to compile; the compile time lands in the warmup "
         "step and is printed); 'auto' decides as a job of this bench's size would",
     )
+    parser.add_argument(
+        "--activation-memory-gib",
+        type=float,
+        default=None,
+        help="the engine's activation budget (default: measured free memory); batches over it "
+        "are split into rows, examples over it checkpoint layers",
+    )
     parser.add_argument("--weights", choices=("auto", "real", "random"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-cache-dir", type=Path, default=DEFAULT_CACHE)
@@ -472,6 +479,7 @@ def main(argv: list[str] | None = None) -> Result:
             seed=args.seed,
             max_seq_len=args.max_len,
             device=args.device,
+            activation_memory_gib=args.activation_memory_gib,
         )
         hp = resolve_hyperparameters(len(examples), sum(e.n_tokens for e in examples), cfg)
 
@@ -511,7 +519,12 @@ def main(argv: list[str] | None = None) -> Result:
             row_tokens=args.engine_row_tokens or None,
             compiled=compiled,
         )
-        row_tokens = run.row_tokens
+        row_tokens = run.max_row_tokens
+        checkpointed_rows = sum(
+            run.memory.checkpointed_layers(row.n_tokens) > 0
+            for batch in batches
+            for row in sft.pack_examples(batch, row_tokens)
+        )
 
         records = []
         for i, batch in enumerate(batches):
@@ -541,13 +554,24 @@ def main(argv: list[str] | None = None) -> Result:
             f"mean {sum(lengths) / len(lengths):.0f} p90 {percentile(lengths, 0.9):.0f} "
             f"max {max(lengths)}; {1 - label_share:.0%} prompt / {label_share:.0%} labels; "
             f"baseline pads to {padded:.2f}x the real tokens; engine "
-            + (f"rows of <= {row_tokens} tokens" if row_tokens is not None else "one row per batch")
+            + (
+                f"rows of <= {row_tokens} tokens"
+                if any(r.engine_rows > 1 for r in records)
+                else "one row per batch"
+            )
+            + (f" ({checkpointed_rows} rows checkpointed)" if checkpointed_rows else "")
             + ", varlen attention"
             + (
                 ", compiled layers (compiling happens in the first warmup step)"
                 if run.compiled
                 else ", eager"
             )
+        )
+
+        print(
+            f"engine memory plan: activations {run.memory.cost.per_token * 1000 / MIB:.0f} MiB "
+            f"per 1k tokens, {run.memory.budget / MIB:.0f} MiB for them: rows of up to "
+            f"{run.memory.row_tokens} tokens without checkpointing"
         )
 
         # 3. baseline Trainer, engine step run from its callback ------------------------------
