@@ -85,15 +85,19 @@ class JobRunner:
     # -- the flow -------------------------------------------------------------------------
 
     def run(self, job_id: str) -> None:
-        if not self._validate_files(job_id):
+        tokenized: dict[Path, Any] = {}
+        if not self._validate_files(job_id, tokenized):
             return
         plan = self._claim(job_id)
         if plan is None:
             return  # cancelled, paused, finished, or another worker has it: a harmless repeat
-        self._train(job_id, plan)
+        self._train(job_id, plan, tokenized)
 
-    def _validate_files(self, job_id: str) -> bool:
-        """validating_files -> queued (or failed); True when the job is ready to be claimed."""
+    def _validate_files(self, job_id: str, tokenized: dict[Path, Any]) -> bool:
+        """validating_files -> queued (or failed); True when the job is ready to be claimed.
+
+        The files' tokenized examples are left in ``tokenized`` for training to start from.
+        """
         with self.db.session_scope() as session:
             job = JobStore(session).job(job_id)
             if job is None:
@@ -103,7 +107,7 @@ class JobRunner:
             files = self._file_paths(session, job)
             base_model = job.model
         try:
-            failure = self._check_data(base_model, files)
+            failure = self._check_data(base_model, files, tokenized)
         except Exception as exc:
             logger.exception("validating files of %s failed", job_id)
             failure = ("validation_failed", f"Could not validate the files: {exc}"[:1000], None)
@@ -141,9 +145,12 @@ class JobRunner:
         return paths
 
     def _check_data(
-        self, base_model: str, files: dict[str, Path | None]
+        self, base_model: str, files: dict[str, Path | None], tokenized: dict[Path, Any]
     ) -> tuple[str, str, str | None] | None:
-        """Checks that need the tokenizer; (code, message, param) of the first failure."""
+        """Checks that need the tokenizer; (code, message, param) of the first failure.
+
+        Files that pass are left tokenized in ``tokenized``.
+        """
         from worker.training import validate_examples
         from worker.training.base_models import (
             get_base_model_info,
@@ -162,7 +169,9 @@ class JobRunner:
                 continue
             if path is None or not path.is_file():
                 return "invalid_training_file", f"The {param.replace('_', ' ')} was deleted.", param
-            report = validate_examples(path, tokenizer, context)
+            report = validate_examples(path, tokenizer, context, keep_examples=True)
+            if report.examples is not None:
+                tokenized[path] = report.examples
             kind = "Training" if param == "training_file" else "Validation"
             if param == "training_file" and report.n_examples < MIN_EXAMPLES:
                 return (
@@ -220,14 +229,14 @@ class JobRunner:
             # else the engine reports the step it resumed from (`_JobCallbacks.on_event`)
             return plan
 
-    def _train(self, job_id: str, plan: JobPlan) -> None:
+    def _train(self, job_id: str, plan: JobPlan, tokenized: dict[Path, Any]) -> None:
         from worker.training import TrainingCancelled, TrainingPaused, train
 
         heartbeat = _Heartbeat(self, job_id)
         heartbeat.start()
         try:
             config = self._config(job_id, plan)
-            result = train(config, _JobCallbacks(self, plan))
+            result = train(config, _JobCallbacks(self, plan), tokenized)
         except TrainingCancelled:
             return
         except TrainingPaused:

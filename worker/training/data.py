@@ -109,6 +109,9 @@ class DataReport:
     n_examples: int
     n_tokens: int
     problems: list[DataProblem] = field(default_factory=list)
+    # Every example, tokenized, when asked for and the file has no problems: training can start
+    # from them instead of tokenizing the file a second time.
+    examples: list[TokenizedExample] | None = None
 
     @property
     def ok(self) -> bool:
@@ -501,10 +504,17 @@ def render_training_chat(tokenizer: Any, example: dict[str, Any]) -> RenderedCha
 def _first_token_from(encoding: Any, char: int) -> int:
     """Index of the first token starting at or after ``char`` (``len`` if none does).
 
-    Token starts never decrease along an encoding, so a binary search over the Rust encoding's
-    own offsets finds it without copying every offset into Python (that copy alone cost a
-    quarter of the tokenizer's time).
+    Asks the Rust encoding which token holds ``char`` (two calls, no offsets copied into
+    Python: that copy alone cost a quarter of the tokenizer's time); where no token holds it,
+    the end of the text or, for text a normalizer dropped, a binary search over the token
+    starts, which never decrease along an encoding.
     """
+    token = encoding.char_to_token(char)
+    if token is not None:
+        return token if encoding.token_to_chars(token)[0] >= char else token + 1
+    n_tokens = len(encoding)
+    if not n_tokens or encoding.token_to_chars(n_tokens - 1)[1] <= char:
+        return n_tokens
     return bisect.bisect_left(
         range(len(encoding)), char, key=lambda t: encoding.token_to_chars(t)[0]
     )
@@ -709,16 +719,26 @@ def load_examples(path: Path, tokenizer: Any, max_seq_len: int) -> list[Tokenize
     return examples
 
 
-def validate_examples(path: Path, tokenizer: Any, max_seq_len: int) -> DataReport:
-    """Check every example and report all problems (not just the first), for the API to show."""
+def validate_examples(
+    path: Path, tokenizer: Any, max_seq_len: int, keep_examples: bool = False
+) -> DataReport:
+    """Check every example and report all problems (not just the first), for the API to show;
+    with ``keep_examples``, a file without problems comes back tokenized too."""
     report = DataReport(n_examples=0, n_tokens=0)
+    kept: list[TokenizedExample] = []
     with _collector_paused():
         for number, example in _checked_examples(path, tokenizer, max_seq_len):
             report.n_examples = number
             if isinstance(example, InvalidExample):
                 report.problems.append(DataProblem(number, example.code, str(example)))
+                kept.clear()
+                keep_examples = False
             else:
                 report.n_tokens += example.n_tokens
+                if keep_examples:
+                    kept.append(example)
+    if keep_examples:
+        report.examples = kept
     return report
 
 

@@ -30,7 +30,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -133,8 +133,16 @@ class _Position:
     trained_tokens: int = 0
 
 
-def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResult:
-    """Fine-tune ``config.base_model`` on ``config.training_file``; see the module docstring."""
+def train(
+    config: TrainingConfig,
+    callbacks: TrainingCallbacks,
+    tokenized: Mapping[Path, list[TokenizedExample]] | None = None,
+) -> TrainingResult:
+    """Fine-tune ``config.base_model`` on ``config.training_file``; see the module docstring.
+
+    ``tokenized``: files already tokenized with this base model's tokenizer (by upload-time
+    validation, in the same process), used instead of tokenizing them again.
+    """
     config.validate()
     device = _pick_device(config.device)
 
@@ -149,9 +157,10 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
         raise TrainingError(str(exc), code="model_not_found", param="model") from exc
     max_seq_len = config.max_seq_len or context
     tokenizer = load_tokenizer(model_dir)
-    train_examples = _load(config.training_file, tokenizer, max_seq_len, "training_file")
+    tokenized = tokenized or {}
+    train_examples = _load(config.training_file, tokenizer, max_seq_len, "training_file", tokenized)
     valid_examples = (
-        _load(config.validation_file, tokenizer, max_seq_len, "validation_file")
+        _load(config.validation_file, tokenizer, max_seq_len, "validation_file", tokenized)
         if config.validation_file is not None
         else []
     )
@@ -585,8 +594,17 @@ def _pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def _load(path: Path, tokenizer: Any, max_seq_len: int, param: str) -> list[TokenizedExample]:
+def _load(
+    path: Path,
+    tokenizer: Any,
+    max_seq_len: int,
+    param: str,
+    tokenized: Mapping[Path, list[TokenizedExample]],
+) -> list[TokenizedExample]:
     name = "Training" if param == "training_file" else "Validation"
+    ready = tokenized.get(path)
+    if ready and all(e.n_tokens <= max_seq_len for e in ready):
+        return ready
     try:
         examples = load_examples(path, tokenizer, max_seq_len)
     except InvalidExample as exc:

@@ -118,6 +118,18 @@ def test_validate_reports_every_problem(tokenizer: Any, tmp_path: Path) -> None:
     assert good.ok and good.n_examples == 1 and good.n_tokens > 0
 
 
+def test_validation_can_hand_over_the_tokenized_examples(
+    tokenizer: Any, tmp_path: Path, varied_file: Path
+) -> None:
+    kept = validate_examples(varied_file, tokenizer, 512, keep_examples=True)
+    assert kept.examples == load_examples(varied_file, tokenizer, 512)
+    assert validate_examples(varied_file, tokenizer, 512).examples is None  # not asked for
+
+    rows = [chat("Hi", "Hello"), chat("Hi", "Hello", weight=0), chat("Hi", "Hello")]
+    with_problem = write_jsonl(tmp_path / "problem.jsonl", rows)
+    assert validate_examples(with_problem, tokenizer, 512, keep_examples=True).examples is None
+
+
 def test_invalid_json_line_is_reported(tokenizer: Any, tmp_path: Path) -> None:
     path = tmp_path / "broken.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n\n{not json\n')

@@ -156,6 +156,33 @@ def test_cancel_stops_between_steps(make_config: MakeConfig, varied_file: Path) 
     assert not (cfg.output_dir / "final").exists()
 
 
+def test_training_starts_from_examples_already_tokenized(
+    make_config: MakeConfig, repetitive_file: Path, tmp_path: Path, tiny_dir: Path
+) -> None:
+    """Upload-time validation hands its tokenized examples over; they are not tokenized again
+    (here the handed-over examples are another file's, to tell them apart), unless they do not
+    fit this run's max_seq_len."""
+    from worker.training.base_models import load_tokenizer
+    from worker.training.data import load_examples
+
+    rows = [chat("Hi", "Hello"), chat("Hi", "Hey"), chat("Tell me more", "more " * 40)]
+    other = load_examples(
+        write_jsonl(tmp_path / "other.jsonl", rows), load_tokenizer(tiny_dir), 512
+    )
+
+    def announced(config: TrainingConfig) -> str:
+        recorder = Recorder()
+        train(config, recorder, {repetitive_file: other})
+        return next(m for _, m, _ in recorder.events if m.startswith("Training file has"))
+
+    n_tokens = sum(e.n_tokens for e in other)
+    used = announced(make_config(repetitive_file, "handed-over", n_epochs=1))
+    assert used == f"Training file has 3 examples and {n_tokens} tokens"
+    too_long = max(e.n_tokens for e in other) - 1
+    reloaded = make_config(repetitive_file, "reloaded", n_epochs=1, max_seq_len=too_long)
+    assert announced(reloaded).startswith("Training file has 8 examples")
+
+
 def test_resume_refuses_a_different_training_file(
     make_config: MakeConfig, varied_file: Path, repetitive_file: Path
 ) -> None:
