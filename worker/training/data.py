@@ -731,13 +731,12 @@ def validate_examples(
             report.n_examples = number
             if isinstance(example, InvalidExample):
                 report.problems.append(DataProblem(number, example.code, str(example)))
-                kept.clear()
-                keep_examples = False
+                kept.clear()  # nothing will be handed over: free them now
             else:
                 report.n_tokens += example.n_tokens
-                if keep_examples:
+                if keep_examples and report.ok:
                     kept.append(example)
-    if keep_examples:
+    if keep_examples and report.ok:
         report.examples = kept
     return report
 

@@ -10,6 +10,25 @@ from typing import Any
 from worker.training.callbacks import NullCallbacks, StopRequest
 from worker.training.config import ResolvedHyperparameters
 
+# Message texts that trip tokenizers and templates: whitespace only, Unicode, markers and
+# template syntax inside the text, code, Windows newlines.
+EDGE_CASE_TEXTS = [
+    "Paris.",
+    "",
+    " ",
+    "\n\n",
+    "  leading and trailing spaces  ",
+    "\nstarts with a newline",
+    "Unicode: café, naïve, Straße, 東京, مرحبا, Ελληνικά, emoji 🦙🚀👩‍👩‍👧, e\u0301",
+    "🦙",
+    "tabs\tand\r\nwindows newlines",
+    "code:\n```python\ndef f(x):\n    return x * 2\n```\n",
+    "looks like a marker: <|im_end|> and <|im_start|>assistant\n in the text",
+    "{{ not a template }} {% neither %}",
+    "numbers 1234567890 3.14159 -42",
+    "a  b   c    d",
+]
+
 
 def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.worker.training.helpers import EDGE_CASE_TEXTS
 from worker.training import data
 from worker.training.base_models import CHATML_TEMPLATE
 from worker.training.data import prepare_chat, render_chat, render_training_chat
@@ -58,18 +59,6 @@ TOOLS_TEMPLATE = """{{- bos_token -}}
 {%- if add_generation_prompt %}<|im_start|>assistant (turn {{ ns.turns }})
 {% endif -%}"""
 
-TEXTS = [
-    "Paris.",
-    "",
-    " ",
-    "\n\n",
-    "  leading and trailing spaces  ",
-    "Unicode: café, Straße, 東京, مرحبا, emoji 🦙👩‍👩‍👧, e\u0301",
-    "looks like a marker: <|im_end|> and <|im_start|>assistant\n in the text",
-    "{{ not a template }} {% neither %}",
-    "tabs\tand\r\nwindows newlines",
-]
-
 
 def tool_call(rng: random.Random, n: int) -> dict[str, Any]:
     arguments: Any = {"city": rng.choice(["Paris", "東京", "São Paulo"]), "days": n}
@@ -86,26 +75,26 @@ def random_messages(rng: random.Random) -> list[dict[str, Any]]:
     """OpenAI chat messages: optional system, turns with weights, tool calls and results."""
     messages: list[dict[str, Any]] = []
     if rng.random() < 0.4:
-        messages.append({"role": "system", "content": rng.choice(TEXTS)})
+        messages.append({"role": "system", "content": rng.choice(EDGE_CASE_TEXTS)})
     for turn in range(rng.randint(1, 4)):
-        user: dict[str, Any] = {"role": "user", "content": rng.choice(TEXTS)}
+        user: dict[str, Any] = {"role": "user", "content": rng.choice(EDGE_CASE_TEXTS)}
         if rng.random() < 0.2:
             user["name"] = rng.choice(["alice", None])  # null keys are dropped, as OpenAI sends
         if rng.random() < 0.2:
-            user["content"] = [{"type": "text", "text": t} for t in rng.sample(TEXTS, 2)]
+            user["content"] = [{"type": "text", "text": t} for t in rng.sample(EDGE_CASE_TEXTS, 2)]
         messages.append(user)
         if rng.random() < 0.3:
-            content = rng.choice([None, rng.choice(TEXTS)])
+            content = rng.choice([None, rng.choice(EDGE_CASE_TEXTS)])
             calls = [tool_call(rng, turn * 10 + k) for k in range(rng.randint(1, 2))]
             messages.append({"role": "assistant", "content": content, "tool_calls": calls})
             for call in calls:
                 messages.append({"role": "tool", "tool_call_id": call["id"], "content": "sunny"})
-        answer: dict[str, Any] = {"role": "assistant", "content": rng.choice(TEXTS)}
+        answer: dict[str, Any] = {"role": "assistant", "content": rng.choice(EDGE_CASE_TEXTS)}
         if rng.random() < 0.4:
             answer["weight"] = rng.choice([0, 1])
         messages.append(answer)
     if rng.random() < 0.15:
-        messages.append({"role": "user", "content": rng.choice(TEXTS)})
+        messages.append({"role": "user", "content": rng.choice(EDGE_CASE_TEXTS)})
     return messages
 
 

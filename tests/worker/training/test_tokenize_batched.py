@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.worker.training.helpers import chat, write_jsonl
+from tests.worker.training.helpers import EDGE_CASE_TEXTS, chat, write_jsonl
 from tests.worker.training.test_render import TOOLS_TEMPLATE, via_apply
 from worker.training import data
 from worker.training.base_models import resolve_base_model
@@ -127,35 +127,19 @@ def problems(results: list[Summary]) -> list[Summary]:
 
 # --- the data ----------------------------------------------------------------------------------
 
-TEXTS = [
-    "Paris.",
-    "",
-    " ",
-    "\n\n",
-    "  leading and trailing spaces  ",
-    "\nstarts with a newline",
-    "Unicode: café, naïve, Straße, 東京, مرحبا, Ελληνικά, emoji 🦙🚀👩‍👩‍👧, e\u0301",
-    "🦙",
-    "tabs\tand\r\nwindows newlines",
-    "code:\n```python\ndef f(x):\n    return x * 2\n```\n",
-    "looks like a marker: <|im_end|> and <|im_start|>assistant\n in the text",
-    "numbers 1234567890 3.14159 -42",
-    "a  b   c    d",
-]
-
 
 def random_chat(rng: random.Random) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     if rng.random() < 0.4:
-        messages.append({"role": "system", "content": rng.choice(TEXTS)})
+        messages.append({"role": "system", "content": rng.choice(EDGE_CASE_TEXTS)})
     for _ in range(rng.randint(1, 4)):
-        messages.append({"role": "user", "content": rng.choice(TEXTS)})
-        answer: dict[str, Any] = {"role": "assistant", "content": rng.choice(TEXTS)}
+        messages.append({"role": "user", "content": rng.choice(EDGE_CASE_TEXTS)})
+        answer: dict[str, Any] = {"role": "assistant", "content": rng.choice(EDGE_CASE_TEXTS)}
         if rng.random() < 0.3:
             answer["weight"] = rng.choice([0, 1])
         messages.append(answer)
     if rng.random() < 0.15:  # a trailing user turn: nothing to learn after it
-        messages.append({"role": "user", "content": rng.choice(TEXTS)})
+        messages.append({"role": "user", "content": rng.choice(EDGE_CASE_TEXTS)})
     return {"messages": messages}
 
 
