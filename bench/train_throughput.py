@@ -214,7 +214,7 @@ def make_examples(
     About a third of each example is prompt (system + user + template markers, label -100), the
     rest the assistant answer (trained).  Returns (TokenizedExample list, raw JSON examples).
     """
-    from worker.training.data import IGNORE_INDEX, TokenizedExample, tokenize_example
+    from worker.training.data import TokenizedExample, tokenize_example
 
     rng = random.Random(seed)
     examples: list[Any] = []
@@ -226,8 +226,7 @@ def make_examples(
         if tokenizer is None:
             n_prompt = max(1, round(target * share))
             ids = [rng.randrange(100, min(vocab_size, 49152)) for _ in range(target)]
-            labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
-            examples.append(TokenizedExample(ids, labels))
+            examples.append(TokenizedExample(ids, ((n_prompt, target),)))
             raw.append({"prompt": "", "completion": ""})
             continue
         goal = target
@@ -599,7 +598,7 @@ def main(argv: list[str] | None = None) -> Result:
                 bench.open_window()
 
         dataset = [
-            {"input_ids": e.input_ids, "attention_mask": [1] * e.n_tokens, "labels": e.labels}
+            {"input_ids": list(e.input_ids), "attention_mask": [1] * e.n_tokens, "labels": e.labels}
             for e in examples
         ]
         if tokenizer is not None:

@@ -55,11 +55,14 @@ be a small validation file. That is for job creation, using ``example_count``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
 from pathlib import Path
 from typing import Any
+
+from worker.training.data import unpaired_surrogate
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
@@ -234,6 +237,24 @@ def _expect_list(value: Any, path: str) -> list[Any]:
     if not value:
         raise _Invalid(f"{path}: expected a non-empty array, got an empty one")
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(value: Any, path: str) -> None:
+    """Refuse an unpaired UTF-16 surrogate in any key or string: valid JSON, but not text."""
+    if type(value) is str:
+        problem = unpaired_surrogate(value)
+        if problem is not None:
+            raise _Invalid(f"{path or 'value'}: {problem} (not valid Unicode text)")
+    elif type(value) is dict:
+        for key, item in value.items():
+            _check_unicode(key, f"a key of {path or 'the example'}")
+            _check_unicode(item, _join(path, key))
+    elif type(value) is list:
+        for j, item in enumerate(value):
+            _check_unicode(item, f"{path}[{j}]")
 
 
 # --------------------------------------------------------------------------- schemas
@@ -578,6 +599,9 @@ class DatasetValidator:
         except ValueError:  # e.g. an integer longer than sys.get_int_max_str_digits()
             self._error(line_no, "invalid JSON (number too large)")
             return
+        # Only an escape can put an unpaired surrogate in a decoded string (raw bytes of one are
+        # invalid UTF-8, refused above); most lines have no escape at all.
+        may_hold_surrogate = "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
         del text
         if type(obj) is not dict:
             self._error(line_no, f"expected a JSON object, got {_kind(obj)}")
@@ -592,6 +616,8 @@ class DatasetValidator:
                     f"(line {self._format_line})"
                 )
             _CHECKS[fmt](obj)
+            if may_hold_surrogate:
+                _check_unicode(obj, "")
         except _Invalid as exc:
             self._error(line_no, exc.args[0])
             return

@@ -54,6 +54,7 @@ from app.inference.types import (
 )
 from app.orm import Project
 from worker.training.base_models import UnknownBaseModel, get_base_model_info
+from worker.training.data import unpaired_surrogate
 
 # OpenAI parameters this server knows but does not implement: named in a clear 400.
 UNSUPPORTED_PARAMS = frozenset(
@@ -133,6 +134,15 @@ def _sampling(
     )
 
 
+def _check_text(text: str, param: str) -> None:
+    """A 400 for text the tokenizer cannot take (JSON can escape an unpaired surrogate)."""
+    problem = unpaired_surrogate(text)
+    if problem is not None:
+        raise InvalidRequest(
+            f"Invalid value for '{param}': {problem} (not valid Unicode text).", param=param
+        )
+
+
 def chat_messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
     """Plain `{"role", "content"}` dicts for the chat template (`developer` speaks as system)."""
     messages = []
@@ -144,7 +154,9 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
                 param=f"messages[{i}].content",
             )
         role = "system" if message.role == "developer" else message.role
-        messages.append({"role": role, "content": message.text()})
+        text = message.text()
+        _check_text(text, f"messages[{i}].content")
+        messages.append({"role": role, "content": text})
     return messages
 
 
@@ -167,6 +179,9 @@ def completion_params(body: CompletionRequest) -> SamplingParams:
         raise _not_supported("best_of")
     if isinstance(body.prompt, list) and not body.prompt:
         raise InvalidRequest("'prompt' must not be an empty list.", param="prompt")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    for i, prompt in enumerate(prompts):
+        _check_text(prompt, "prompt" if isinstance(body.prompt, str) else f"prompt[{i}]")
     return _sampling(body, body.max_tokens)
 
 

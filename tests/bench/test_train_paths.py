@@ -58,7 +58,7 @@ def padded_loss(model: Any, examples: list[Any], pad_id: int) -> Any:
     ids, mask, labels = [], [], []
     for e in examples:
         pad = longest - e.n_tokens
-        ids.append(e.input_ids + [pad_id] * pad)
+        ids.append([*e.input_ids, *[pad_id] * pad])
         mask.append([1] * e.n_tokens + [0] * pad)
         labels.append(e.labels + [-100] * pad)
     out = model(

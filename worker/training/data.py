@@ -42,7 +42,8 @@ import functools
 import gc
 import json
 import random
-from collections.abc import Callable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +78,44 @@ class NoTrainableTokens(InvalidExample):
     code = "no_trainable_tokens"
 
 
+Span = tuple[int, int]  # [start, stop) token indices
+
+
+def token_ids(ids: Iterable[int]) -> array[int]:
+    """Token ids as a compact array (see TokenizedExample)."""
+    return array("i", ids)
+
+
 @dataclass(frozen=True)
 class TokenizedExample:
-    """One example as token ids and aligned labels (``labels[t]`` is ``input_ids[t]`` or -100)."""
+    """One example as token ids and the spans of them it is trained on.
 
-    input_ids: list[int]
-    labels: list[int]
+    ``trained`` holds ascending, disjoint, non-empty ``[start, stop)`` token ranges:
+    ``labels[t]`` is ``input_ids[t]`` inside one and -100 elsewhere.  Loaded examples keep their
+    ids in an ``array('i')`` (``token_ids``) and their labels as spans: 4 bytes a token, where
+    lists of ids and labels took 44 (a pointer each and an int object per id), which for a large
+    file was gigabytes, and allocating those ints cost more time than the array does.
+    """
+
+    input_ids: Sequence[int]
+    trained: tuple[Span, ...]
+
+    @classmethod
+    def from_labels(cls, input_ids: Sequence[int], labels: Sequence[int]) -> TokenizedExample:
+        """The example whose labels are ``labels`` (each ``input_ids[t]`` or -100)."""
+        if len(labels) != len(input_ids):
+            raise ValueError("labels and input_ids differ in length")
+        spans: list[Span] = []
+        for t, label in enumerate(labels):
+            if label == IGNORE_INDEX:
+                continue
+            if label != input_ids[t]:
+                raise ValueError(f"label {t} is neither -100 nor the token there")
+            if spans and spans[-1][1] == t:
+                spans[-1] = (spans[-1][0], t + 1)
+            else:
+                spans.append((t, t + 1))
+        return cls(input_ids, tuple(spans))
 
     @property
     def n_tokens(self) -> int:
@@ -90,11 +123,22 @@ class TokenizedExample:
 
     @property
     def n_trainable(self) -> int:
-        return len(self.labels) - self.labels.count(IGNORE_INDEX)
+        return sum(stop - start for start, stop in self.trained)
+
+    @property
+    def labels(self) -> list[int]:
+        labels = [IGNORE_INDEX] * len(self.input_ids)
+        for start, stop in self.trained:
+            labels[start:stop] = self.input_ids[start:stop]
+        return labels
 
     def targets(self) -> list[int]:
         """Next-token targets: position t is trained to predict ``labels[t + 1]``."""
-        return [*self.labels[1:], IGNORE_INDEX]
+        targets = [IGNORE_INDEX] * len(self.input_ids)
+        for start, stop in self.trained:
+            first = max(start - 1, 0)  # nothing predicts the first token
+            targets[first : stop - 1] = self.input_ids[first + 1 : stop]
+        return targets
 
 
 @dataclass(frozen=True)
@@ -150,6 +194,26 @@ def _text_content(content: Any, where: str) -> str:
             parts.append(str(part.get("text", "")))
         return "".join(parts)
     raise ValueError(f"{where} content must be a string")
+
+
+def unpaired_surrogate(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode text (``"unpaired surrogate \\ud800 at character 4"``),
+    or None.  JSON can escape an unpaired UTF-16 surrogate (``"\\ud800"``) and Python decodes it,
+    but it is not a character, has no UTF-8 encoding, and no tokenizer takes it."""
+    if text.isascii():  # constant time: CPython marks ASCII strings
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        surrogate = text[exc.start].encode("unicode_escape").decode()
+        return f"unpaired surrogate {surrogate} at character {exc.start + 1}"
+    return None
+
+
+def _check_text(text: str, where: str) -> None:
+    problem = unpaired_surrogate(text)
+    if problem is not None:
+        raise ValueError(f"{where} has an {problem}, which is not valid Unicode text")
 
 
 def _tool_calls_as_text(tool_calls: Any, where: str) -> str:
@@ -209,6 +273,7 @@ def prepare_chat(
         if content is None and not tool_calls:
             raise ValueError(f"{where} is missing content")
         text = "" if content is None else _text_content(content, where)
+        _check_text(text, f"{where} content")
         shaped: dict[str, Any] = {"role": role, "content": text}
         if tool_calls and native_tool_calls:
             shaped["tool_calls"] = tool_calls
@@ -341,6 +406,23 @@ def _render_chatml(messages: list[dict[str, Any]], add_generation_prompt: bool) 
     if add_generation_prompt:
         parts.append("<|im_start|>assistant\n")
     return "".join(parts)
+
+
+def _render_chatml_training(messages: list[dict[str, Any]], weights: list[int]) -> RenderedChat:
+    """``_render_chatml`` of a whole chat with the spans of its trained assistant messages, in
+    one pass: ChatML renders a chat prefix by prefix, so each message's span is where its text
+    lands, the same that ``_assistant_char_spans`` finds rendering every prefix again."""
+    parts = [] if messages[0]["role"] == "system" else [_CHATML_DEFAULT_SYSTEM]
+    end = len(parts[0]) if parts else 0
+    spans = []
+    for message, weight in zip(messages, weights, strict=True):
+        header = f"<|im_start|>{message['role']}\n"
+        body = f"{message['content']}<|im_end|>\n"
+        start, end = end + len(header), end + len(header) + len(body)
+        if weight:  # only assistant messages carry one
+            spans.append((start, end))
+        parts += (header, body)
+    return RenderedChat("".join(parts), spans)
 
 
 def _chatml_renders(messages: list[dict[str, Any]]) -> bool:
@@ -497,7 +579,12 @@ def render_training_chat(tokenizer: Any, example: dict[str, Any]) -> RenderedCha
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("has no assistant message")
     chat = _ChatRenderer(tokenizer, messages, tools)
+    # A chat that opens with a trained answer has no prefix to render: the general path gives
+    # transformers' error for it.
+    if chat.direct is _render_chatml and not weights[0]:
+        return _render_chatml_training(messages, weights)
     full = chat.render(len(messages))
+    _check_text(full, "the rendered chat")  # names and ids not checked above
     return RenderedChat(full, _assistant_char_spans(chat, weights, full))
 
 
@@ -541,12 +628,12 @@ def _encode_batch(tokenizer: Any, texts: list[str]) -> list[Any]:
 
 def _labelled(encoding: Any, spans: list[tuple[int, int]]) -> TokenizedExample:
     """A chat's tokens, trained where they start inside one of its assistant ``spans``."""
-    input_ids = encoding.ids
-    labels = [IGNORE_INDEX] * len(input_ids)
+    trained = []
     for start, end in spans:
         first, stop = _first_token_from(encoding, start), _first_token_from(encoding, end)
-        labels[first:stop] = input_ids[first:stop]
-    return TokenizedExample(input_ids, labels)
+        if first < stop:
+            trained.append((first, stop))
+    return TokenizedExample(token_ids(encoding.ids), tuple(trained))
 
 
 def tokenize_rendered(tokenizer: Any, chats: Sequence[RenderedChat]) -> list[TokenizedExample]:
@@ -569,13 +656,15 @@ def tokenize_legacy(tokenizer: Any, example: dict[str, Any]) -> TokenizedExample
     prompt, completion = example.get("prompt"), example.get("completion")
     if not isinstance(prompt, str) or not isinstance(completion, str):
         raise ValueError("'prompt' and 'completion' must be strings")
+    _check_text(prompt, "'prompt'")
+    _check_text(completion, "'completion'")
     prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
     if tokenizer.eos_token_id is not None:
         completion_ids.append(tokenizer.eos_token_id)
-    return TokenizedExample(
-        prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids
-    )
+    n_tokens = len(prompt_ids) + len(completion_ids)
+    trained = ((len(prompt_ids), n_tokens),) if completion_ids else ()
+    return TokenizedExample(token_ids(prompt_ids + completion_ids), trained)
 
 
 def _is_chat(example: Any) -> bool:

@@ -225,6 +225,39 @@ def test_utf8_char_split_across_chunks() -> None:
         assert chunked(data, [cut]).ok
 
 
+@pytest.mark.parametrize(
+    ("example", "message"),
+    [
+        (
+            chat(USER, {"role": "assistant", "content": "ok \ud800"}),
+            "messages[1].content: unpaired surrogate \\ud800 at character 4 "
+            "(not valid Unicode text)",
+        ),
+        (
+            chat(USER, ASSISTANT, metadata={"tag": ["x", "\udfff"]}),
+            "metadata.tag[1]: unpaired surrogate \\udfff at character 1 (not valid Unicode text)",
+        ),
+        (
+            {**COMPLETION, "metadata": {"\udc80": 1}},
+            "a key of metadata: unpaired surrogate \\udc80 at character 1 (not valid Unicode text)",
+        ),
+    ],
+)
+def test_unpaired_surrogates_are_refused_where_they_are(
+    example: dict[str, Any], message: str
+) -> None:
+    # json.dumps escapes them (ensure_ascii), so the line is valid UTF-8 and valid JSON.
+    valid_first_line = COMPLETION if "prompt" in example else chat()
+    assert only_error(jl(valid_first_line, example)) == LineError(2, message)
+
+
+def test_escaped_surrogate_pairs_and_escaped_backslashes_are_text() -> None:
+    pair = chat(USER, {"role": "assistant", "content": "\U0001d11e"})  # escaped as \ud834\udd1e
+    backslash = chat(USER, {"role": "assistant", "content": "\\ud800 is a JSON escape"})
+    assert b"\\ud834\\udd1e" in jl(pair)
+    assert check(jl(pair, backslash)).ok
+
+
 def test_invalid_json_message() -> None:
     data = jl(chat()) + b'{"messages": [] "x": 1}\n'
     assert only_error(data) == LineError(2, "invalid JSON (Expecting ',' delimiter at column 17)")

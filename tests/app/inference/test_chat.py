@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 
@@ -210,3 +212,19 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
             messages=MESSAGES,
             stream=True,  # type: ignore[arg-type]
         )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_unpaired_surrogate_is_400_not_a_crash(server, api_key: str, stream: bool) -> None:
+    # JSON can escape one (the SDK cannot even encode it; curl can send it), but it is no text.
+    messages = [{"role": "user", "content": "hi \ud800"}]
+    body = json.dumps({"model": TINY, "max_tokens": 3, "stream": stream, "messages": messages})
+    assert "\\ud800" in body  # ensure_ascii escapes it
+    with server.http(api_key) as http:
+        response = http.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "messages[0].content"
+    assert "surrogate" in error["message"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 
@@ -75,3 +77,20 @@ def test_unsupported_completion_params(
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(**values)  # type: ignore[call-overload]
     assert caught.value.body["param"].startswith(param)  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "param"), [("a \udfff", "prompt"), (["ok", "\ud800"], "prompt[1]")]
+)
+def test_an_unpaired_surrogate_is_400_not_a_crash(
+    server, api_key: str, prompt: str | list[str], param: str
+) -> None:
+    body = json.dumps({"model": TINY, "max_tokens": 3, "prompt": prompt})  # escapes it
+    with server.http(api_key) as http:
+        response = http.post(
+            "/v1/completions", content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert "unpaired surrogate" in error["message"]

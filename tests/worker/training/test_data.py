@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.worker.training.helpers import chat, write_jsonl
 from worker.training.data import (
@@ -54,6 +56,19 @@ def test_weight_zero_assistant_messages_are_context_only(tokenizer: Any) -> None
     example = tokenize_example(tokenizer, {"messages": messages})
     assert trained_text(tokenizer, example) == "Goodbye<|im_end|>\nSee you<|im_end|>\n"
     assert "Hello there" in tokenizer.decode(example.input_ids)
+
+
+@given(st.lists(st.tuples(st.integers(0, 49151), st.booleans()), max_size=40))
+def test_trained_spans_give_the_labels_and_targets_they_stand_for(
+    tokens: list[tuple[int, bool]],
+) -> None:
+    ids = [token for token, _ in tokens]
+    labels = [token if trained else IGNORE_INDEX for token, trained in tokens]
+    example = TokenizedExample.from_labels(ids, labels)
+    assert example.labels == labels
+    assert example.targets() == [*labels[1:], IGNORE_INDEX][: len(labels)]
+    assert example.n_trainable == sum(trained for _, trained in tokens)
+    assert all(start < stop for start, stop in example.trained)
 
 
 def test_legacy_prompt_completion(tokenizer: Any) -> None:
@@ -118,6 +133,36 @@ def test_validate_reports_every_problem(tokenizer: Any, tmp_path: Path) -> None:
     assert good.ok and good.n_examples == 1 and good.n_tokens > 0
 
 
+def test_unpaired_surrogates_are_reported_not_fed_to_the_tokenizer(
+    tokenizer: Any, tmp_path: Path
+) -> None:
+    # The tokenizer refuses the whole batched call for one such text; each is an example's
+    # problem instead, and the examples around it are tokenized as usual.
+    path = write_jsonl(
+        tmp_path / "surrogates.jsonl",
+        [
+            chat("Hi", "Hello"),
+            chat("caf\u00e9 \ud83d", "Hello"),
+            {"prompt": "a", "completion": "b\udc00"},
+            chat("Hi", "Hello"),
+        ],
+    )
+    report = validate_examples(path, tokenizer, max_seq_len=512)
+    assert [(p.example_number, p.message) for p in report.problems] == [
+        (
+            2,
+            "Example 2: message 1 content has an unpaired surrogate \\ud83d at character 6, "
+            "which is not valid Unicode text",
+        ),
+        (
+            3,
+            "Example 3: 'completion' has an unpaired surrogate \\udc00 at character 2, "
+            "which is not valid Unicode text",
+        ),
+    ]
+    assert report.n_tokens == 2 * tokenize_example(tokenizer, chat("Hi", "Hello")).n_tokens
+
+
 def test_validation_can_hand_over_the_tokenized_examples(
     tokenizer: Any, tmp_path: Path, varied_file: Path
 ) -> None:
@@ -166,7 +211,9 @@ def test_packed_loss_equals_unpacked_loss(tiny_dir: Path, varied_file: Path) -> 
         # Reference: transformers' own loss, each example alone, unpacked and unmasked by us.
         hf_sums = []
         for e in examples:
-            out = model(input_ids=torch.tensor([e.input_ids]), labels=torch.tensor([e.labels]))
+            out = model(
+                input_ids=torch.tensor([list(e.input_ids)]), labels=torch.tensor([e.labels])
+            )
             hf_sums.append(out.loss.item() * sum(1 for t in e.targets() if t != IGNORE_INDEX))
         # Without restarting positions the examples would see each other: the mask matters.
         leaky = PackedRow(packed[0].input_ids, packed[0].targets, list(range(packed[0].n_tokens)))

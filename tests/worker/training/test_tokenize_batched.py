@@ -67,7 +67,7 @@ def reference_tokenize_chat(tokenizer: Any, example: dict[str, Any]) -> Tokenize
     for t, (start, end) in enumerate(encoded["offset_mapping"]):
         if end > start and any(lo <= start < hi for lo, hi in spans):
             labels[t] = input_ids[t]
-    return TokenizedExample(input_ids, labels)
+    return TokenizedExample.from_labels(input_ids, labels)
 
 
 def reference_tokenize(tokenizer: Any, example: Any) -> TokenizedExample:
@@ -118,7 +118,7 @@ Summary = tuple[Any, ...]  # ("tokens", ids, labels) or ("problem", number, code
 def summary(result: TokenizedExample | InvalidExample) -> Summary:
     if isinstance(result, InvalidExample):
         return ("problem", result.example_number, result.code, str(result))
-    return ("tokens", result.input_ids, result.labels)
+    return ("tokens", list(result.input_ids), result.labels)
 
 
 def problems(results: list[Summary]) -> list[Summary]:
