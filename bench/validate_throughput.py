@@ -272,7 +272,30 @@ def measure_tokenization(tokenizer: Any, path: Path, batch: int, repeats: int) -
             run()
             seconds[name] = min(seconds[name], time.perf_counter() - started)
     rates = {name: mb / s for name, s in seconds.items()}
-    return {"mb": mb, "render": mb / render_s, "engine_render": mb / engine_render_s, **rates}
+    held, tokens = memory_held(path, tokenizer, context)
+    return {
+        "mb": mb,
+        "render": mb / render_s,
+        "engine_render": mb / engine_render_s,
+        "held_mb": held / MIB,
+        "held_bytes_per_token": held / tokens,
+        **rates,
+    }
+
+
+def memory_held(path: Path, tokenizer: Any, context: int) -> tuple[int, int]:
+    """Bytes the examples ``load_examples`` returns keep allocated (traced by tracemalloc, so
+    exact and free of allocator noise), and their token count."""
+    import tracemalloc
+
+    from worker.training.data import load_examples
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    examples = load_examples(path, tokenizer, context)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return held, sum(e.n_tokens for e in examples)
 
 
 def main(argv: list[str] | None = None) -> Result:
@@ -350,6 +373,10 @@ def main(argv: list[str] | None = None) -> Result:
     print(
         f"  (chat-template rendering alone, 1 render per chat: {result.render_mb_s:.2f} MB/s; "
         f"the engine's renders, whole chat + prefixes: {result.engine_render_mb_s:.2f} MB/s)"
+    )
+    print(
+        f"  loaded examples hold {tok['held_mb']:.1f} MB "
+        f"({tok['held_bytes_per_token']:.1f} bytes a token, traced)"
     )
     print(
         f"validation {'meets' if full.mb_s >= VALIDATION_GOAL_MB_S else 'misses'} the "
