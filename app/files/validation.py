@@ -600,8 +600,8 @@ class DatasetValidator:
             self._error(line_no, "invalid JSON (number too large)")
             return
         # Only an escape can put an unpaired surrogate in a decoded string (raw bytes of one are
-        # invalid UTF-8, refused above); most lines have no escape at all.
-        may_hold_surrogate = "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
+        # invalid UTF-8, refused above); the regex skips most lines faster than `in` would.
+        may_hold_surrogate = _SURROGATE_ESCAPE.search(text) is not None
         del text
         if type(obj) is not dict:
             self._error(line_no, f"expected a JSON object, got {_kind(obj)}")

@@ -55,6 +55,7 @@ IGNORE_INDEX = -100
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 _MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "tool_calls", "tool_call_id"})
 _REFUSAL_KEYS = frozenset({"refusal", "function_call", "audio"})
+_KNOWN_MESSAGE_KEYS = _MESSAGE_KEYS | _REFUSAL_KEYS
 # Examples per batched tokenizer call: enough to keep every core busy, few enough to bound memory.
 TOKENIZE_CHUNK = 1000
 
@@ -234,6 +235,12 @@ def _tool_calls_as_text(tool_calls: Any, where: str) -> str:
     return "\n".join(blocks)
 
 
+@functools.lru_cache(maxsize=16)
+def _tool_syntax(template: str) -> tuple[bool, bool]:
+    """Whether ``template`` renders tool calls and tool definitions itself."""
+    return "tool_calls" in template, "tools" in template.replace("tool_calls", "")
+
+
 def prepare_chat(
     messages: Any, tools: Any = None, template: str | None = None
 ) -> tuple[list[dict[str, Any]], list[int], list[dict[str, Any]] | None]:
@@ -246,9 +253,7 @@ def prepare_chat(
     """
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
-    template = template or ""
-    native_tool_calls = "tool_calls" in template
-    native_tools = "tools" in template.replace("tool_calls", "")
+    native_tool_calls, native_tools = _tool_syntax(template or "")
     out: list[dict[str, Any]] = []
     weights: list[int] = []
     for index, message in enumerate(messages, start=1):
@@ -258,9 +263,9 @@ def prepare_chat(
         role = message.get("role")
         if role not in ROLES:
             raise ValueError(f"{where} has unknown role {role!r}")
-        unknown = set(message) - _MESSAGE_KEYS - _REFUSAL_KEYS
-        if unknown:
-            raise ValueError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}")
+        if not message.keys() <= _KNOWN_MESSAGE_KEYS:
+            unknown = ", ".join(sorted(message.keys() - _KNOWN_MESSAGE_KEYS))
+            raise ValueError(f"{where} has unknown key(s) {unknown}")
         weight = message.get("weight", 1)
         if "weight" in message and role != "assistant":
             raise ValueError(f"{where}: only assistant messages may carry a weight")
@@ -578,11 +583,12 @@ def render_training_chat(tokenizer: Any, example: dict[str, Any]) -> RenderedCha
     messages, weights, tools = prepare_chat(example["messages"], example.get("tools"), template)
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("has no assistant message")
-    chat = _ChatRenderer(tokenizer, messages, tools)
-    # A chat that opens with a trained answer has no prefix to render: the general path gives
+    # ChatML reads each message's role and content, which prepare_chat leaves strings.  A chat
+    # that opens with a trained answer has no prefix to render: the general path gives
     # transformers' error for it.
-    if chat.direct is _render_chatml and not weights[0]:
+    if not tools and isinstance(template, str) and _is_chatml(template) and not weights[0]:
         return _render_chatml_training(messages, weights)
+    chat = _ChatRenderer(tokenizer, messages, tools)
     full = chat.render(len(messages))
     _check_text(full, "the rendered chat")  # names and ids not checked above
     return RenderedChat(full, _assistant_char_spans(chat, weights, full))
