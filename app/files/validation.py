@@ -26,6 +26,9 @@ Per line, in order (each line reports at most one error: the first problem found
        line; a later line of another format -> ``"mixed formats: line is X but the file
        started as Y (line N)"``.
     6. the format's schema; errors name the field path, e.g. ``"messages[1].content: missing"``.
+    7. an unpaired UTF-16 surrogate escaped in any string or key (``"\\ud800"``: valid JSON, but
+       not text, and no tokenizer takes it) -> ``"messages[1].content: unpaired surrogate
+       \\ud800 at character 4 (not valid Unicode text)"``
 
 Schemas (allow-lists; any other key is an error):
     chat        top level: messages, tools, parallel_tool_calls, metadata

@@ -11,6 +11,10 @@ What must hold:
   template that renders prefixes stably, without relying on ``{% generation %}`` markers; a
   template that does not is reported as an invalid example rather than silently mis-masked.
   The full text is tokenized once and each token is labelled by where its characters start.
+  ChatML, which renders prefix by prefix by construction, is rendered once with its spans.
+* A loaded example is its ids (an int32 array) and its trained token spans, not per-token lists.
+* Text that is not valid Unicode (an unpaired surrogate, which JSON can escape) is the example's
+  problem, never the whole batch's: the Rust tokenizer refuses a batch holding one.
 * Rendering gives ``apply_chat_template``'s text byte for byte without its per-call overhead, as
   every chat is rendered two or more times: the bundled ChatML template in plain Python, any
   other through transformers' compiled jinja template directly (``_ChatRenderer``); tools and
@@ -790,9 +794,10 @@ def _checked_examples(path: Path, tokenizer: Any, max_seq_len: int) -> Iterator[
 def _collector_paused() -> Iterator[None]:
     """No cyclic garbage collection while a file is tokenized.
 
-    Loading makes millions of small lists (ids, labels) and no reference cycles; the collector,
-    triggered by those allocations, would walk every live object again and again (about a sixth
-    of the tokenizing time, measured). Reference counting still frees everything as usual.
+    Loading allocates a few objects per example (the ids read out of each encoding, spans,
+    parsed JSON) and no reference cycles; the collector, triggered by those allocations, would
+    walk every live object again and again (a sixth of the tokenizing time when examples were
+    lists). Reference counting still frees everything as usual.
     """
     enabled = gc.isenabled()
     gc.disable()
