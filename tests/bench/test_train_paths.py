@@ -147,3 +147,38 @@ def test_benchmark_runs_end_to_end_on_the_tiny_model(
     assert lines[-1].startswith("speedup ")
     assert float(lines[-1].split()[1]) > 0
     assert len(result.records) == 3  # 1 warmup + 2 measured rounds
+
+
+# What the GPU machines have: torch, transformers and peft, none of the web stack.
+WEB_STACK = ("app", "fastapi", "starlette", "uvicorn", "pydantic", "pydantic_settings",
+             "sqlalchemy", "alembic", "psycopg", "celery", "kombu", "redis", "httpx")  # fmt: skip
+WITHOUT_WEB_STACK = f"""
+import importlib.abc, runpy, sys
+
+class WebStackAbsent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {WEB_STACK!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)")
+        return None
+
+sys.meta_path.insert(0, WebStackAbsent())
+sys.argv = [{str(BENCH)!r}, *sys.argv[1:]]
+runpy.run_path({str(BENCH)!r}, run_name="__main__")
+"""
+
+
+def test_the_benchmark_and_engine_run_without_the_web_stack() -> None:
+    # As on a GPU machine: a module of worker.training importing the app (or FastAPI,
+    # SQLAlchemy, Celery, ...) would break every GPU run, and nothing else would notice.
+    import subprocess
+
+    argv = "--model tiny --steps 1 --warmup-steps 0 --batch-size 2 --max-len 64 --median-len 32"
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_WEB_STACK, *argv.split(" ")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1].startswith("speedup ")
