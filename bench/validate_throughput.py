@@ -21,7 +21,12 @@ then measured:
     MB/s counts rendered-text bytes; the ratios are against ``encode_batch``.  The paths run in
     turn ``--repeats`` times and each keeps its best time, so a burst of load from other work on
     the machine skews one round rather than the ratio.  The tokenizer uses all cores unless
-    ``TOKENIZERS_PARALLELISM`` is false (the header line says which).
+    ``TOKENIZERS_PARALLELISM`` is false (the header line says which).  The memory the examples
+    ``load_examples`` returns hold is traced too.
+(c) the worker's check of a whole file, ``worker.training.data.validate_examples`` (render,
+    tokenize, label and check every example, keeping none) on the quarter-size and the full
+    file: MB/s of file bytes and peak RSS growth, which must not grow with the file (it streams
+    ``TOKENIZE_CHUNK`` examples at a time).
 
     python bench/validate_throughput.py                  # 200 MB
     python bench/validate_throughput.py --size-mb 50 --tokenize-mb 8
@@ -41,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +98,8 @@ class Result:
     engine_render_mb_s: float
     tokenized_mb: float
     threads: int
+    worker_quarter: ValidationRun
+    worker_full: ValidationRun
 
     @property
     def batched_ratio(self) -> float:
@@ -156,10 +163,8 @@ def _reset_hwm() -> bool:
         return False
 
 
-def measure_validation(path: Path) -> ValidationRun:
-    """validate_file on ``path``: throughput and the peak RSS growth while it runs."""
-    from app.files.validation import validate_file
-
+def measure_pass(path: Path, check: Callable[[Path], tuple[int, bool]]) -> ValidationRun:
+    """``check(path)`` -> (examples, ok): throughput and the peak RSS growth while it runs."""
     trim_heap()
     start_rss = rss_bytes()
     exact = _reset_hwm()
@@ -175,7 +180,7 @@ def measure_validation(path: Path) -> ValidationRun:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.perf_counter()
-    report = validate_file(path)
+    examples, ok = check(path)
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
@@ -188,9 +193,28 @@ def measure_validation(path: Path) -> ValidationRun:
         seconds=seconds,
         mb_s=size_mb / seconds,
         peak_growth_mb=(peak - start_rss) / MIB,
-        examples=report.example_count,
-        ok=report.ok,
+        examples=examples,
+        ok=ok,
     )
+
+
+def upload_validation(path: Path) -> tuple[int, bool]:
+    from app.files.validation import validate_file
+
+    report = validate_file(path)
+    return report.example_count, report.ok
+
+
+def worker_validation(tokenizer: Any, context: int) -> Callable[[Path], tuple[int, bool]]:
+    """The worker's check of a job's file (render, tokenize, label, check every example) without
+    keeping the examples: what a file of any size costs to stream through the tokenizer."""
+    from worker.training.data import validate_examples
+
+    def check(path: Path) -> tuple[int, bool]:
+        report = validate_examples(path, tokenizer, context)
+        return report.n_examples, report.ok
+
+    return check
 
 
 # --- (b) tokenization -------------------------------------------------------------------------
@@ -321,8 +345,8 @@ def main(argv: list[str] | None = None) -> Result:
             f"in {time.perf_counter() - started:.1f}s"
         )
 
-        quarter = measure_validation(quarter_path)
-        full = measure_validation(full_path)
+        quarter = measure_pass(quarter_path, upload_validation)
+        full = measure_pass(full_path, upload_validation)
         for run in (quarter, full):
             print(
                 f"validate_file {run.size_mb:7.1f} MB: {run.seconds:6.2f}s  "
@@ -341,6 +365,11 @@ def main(argv: list[str] | None = None) -> Result:
         head_path = tmp / "head.jsonl"
         head_path.write_bytes(b"".join(head))
         tok = measure_tokenization(tokenizer, head_path, args.batch, args.repeats)
+        from worker.training.base_models import get_base_model_info
+
+        check = worker_validation(tokenizer, get_base_model_info("tuna-tiny-test").context_length)
+        worker_quarter = measure_pass(quarter_path, check)
+        worker_full = measure_pass(full_path, check)
     threads = os.cpu_count() or 1
     result = Result(
         full=full,
@@ -353,6 +382,8 @@ def main(argv: list[str] | None = None) -> Result:
         engine_render_mb_s=tok["engine_render"],
         tokenized_mb=tok["mb"],
         threads=threads,
+        worker_quarter=worker_quarter,
+        worker_full=worker_full,
     )
     parallelism = os.environ.get("TOKENIZERS_PARALLELISM", "unset: parallel")
     print(
@@ -378,6 +409,14 @@ def main(argv: list[str] | None = None) -> Result:
         f"  loaded examples hold {tok['held_mb']:.1f} MB "
         f"({tok['held_bytes_per_token']:.1f} bytes a token, traced)"
     )
+    for run in (worker_quarter, worker_full):
+        print(
+            f"worker check, data.validate_examples {run.size_mb:6.1f} MB: {run.seconds:6.1f}s "
+            f"{run.mb_s:5.2f} MB/s  peak RSS growth {run.peak_growth_mb:6.1f} MB  "
+            f"{run.examples} examples, {'valid' if run.ok else 'INVALID'}"
+        )
+    flat = worker_full.peak_growth_mb <= worker_quarter.peak_growth_mb + 64
+    print(f"worker check memory flat in file size: {'yes' if flat else 'NO'}")
     print(
         f"validation {'meets' if full.mb_s >= VALIDATION_GOAL_MB_S else 'misses'} the "
         f"{VALIDATION_GOAL_MB_S:.0f} MB/s target"
