@@ -42,6 +42,7 @@ The last line is ``speedup X.XX`` (0.00 when loss parity failed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -49,6 +50,8 @@ import random
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +150,7 @@ class StepRecord:
     engine_loss: float = float("nan")
     baseline_mem: int = 0  # peak growth during the step, bytes
     engine_mem: int = 0
+    engine_syncs: int | None = None  # host-device synchronizations in the step (CUDA only)
 
     @property
     def ratio(self) -> float:
@@ -344,6 +348,22 @@ class _Bench:
         if self.cuda:
             self.torch.cuda.synchronize()
 
+    @contextlib.contextmanager
+    def counting_syncs(self) -> Iterator[list[warnings.WarningMessage]]:
+        """The warnings CUDA's sync debug mode gives for each operation that makes the host
+        wait for the device (``.item()``, ``.tolist()``, a blocking copy, ...)."""
+        if not self.cuda:
+            yield []
+            return
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield caught
+            finally:
+                self.torch.cuda.set_sync_debug_mode("default")
+        caught[:] = [w for w in caught if "synchroniz" in str(w.message)]
+
     def open_window(self) -> None:
         self.sync()
         if self.cuda:
@@ -364,10 +384,12 @@ class _Bench:
 
     def engine_step(self, index: int) -> None:
         self.open_window()
-        loss, _, _ = self.run.train_step(self.batches[index], index)
+        with self.counting_syncs() as syncs:
+            loss, _, _ = self.run.train_step(self.batches[index], index)
         seconds, grown = self.close_window()
         rec = self.records[index]
         rec.engine_s, rec.engine_mem, rec.engine_loss = seconds, grown, loss
+        rec.engine_syncs = len(syncs) if self.cuda else None
         if self.verbose:
             tag = " (warmup)" if index < self.warmup else ""
             print(
@@ -693,6 +715,11 @@ def main(argv: list[str] | None = None) -> Result:
         print(
             f"MFU (vs 989 TFLOP/s, {fpt / 1e9:.2f} GFLOP/token): baseline "
             f"{result.baseline_mfu:.1%}, engine {result.engine_mfu:.1%}"
+        )
+        syncs = [r.engine_syncs for r in measured if r.engine_syncs is not None]
+        print(
+            f"engine host-device syncs per step: max {max(syncs)} (1 by design: the step's "
+            "loss and accuracy, read once at its end)"
         )
     last = records[-1]
     print(f"final loss: baseline {last.baseline_loss:.5f}, engine {last.engine_loss:.5f}")

@@ -30,7 +30,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -495,6 +495,26 @@ def _sweep_unlisted(folder: Path, kept: list[CheckpointInfo]) -> None:
 # Loss
 
 
+def to_device(lists: Sequence[Sequence[int]], device: torch.device) -> list[torch.Tensor]:
+    """Integer lists as int64 tensors on ``device``, in one copy that does not wait for the GPU.
+
+    ``torch.tensor(values, device="cuda")`` copies from pageable memory and so synchronizes the
+    stream: each row would wait for all the work queued before it (the previous row's backward,
+    the last optimizer step) before the host could queue more.  Copying from pinned memory with
+    ``non_blocking`` lets the host run ahead; the pinned block stays reserved until the copy is
+    done (PyTorch's caching host allocator records it on the stream).
+    """
+    flat: list[int] = []
+    for values in lists:
+        flat += values
+    host = torch.tensor(flat, dtype=torch.long)
+    if device.type == "cuda":
+        host = host.pin_memory().to(device, non_blocking=True)
+    elif device != host.device:
+        host = host.to(device)
+    return list(host.split([len(values) for values in lists]))
+
+
 def make_row_loss(
     model: Any,
 ) -> Callable[[PackedRow, torch.device], tuple[torch.Tensor, torch.Tensor]]:
@@ -515,12 +535,13 @@ def make_row_loss(
         backbone = head = None  # a biased head: the plain forward below handles it
 
     def row_loss(row: PackedRow, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        input_ids = torch.tensor([row.input_ids], device=device)
-        position_ids = torch.tensor([row.position_ids], device=device)
         # Labelled positions, found on the host: indexing with them needs no device sync.
         labelled = [i for i, target in enumerate(row.targets) if target != IGNORE_INDEX]
-        keep = torch.tensor(labelled, device=device)
-        targets = torch.tensor([row.targets[i] for i in labelled], device=device)
+        input_ids, position_ids, keep, targets = to_device(
+            [row.input_ids, row.position_ids, labelled, [row.targets[i] for i in labelled]],
+            device,
+        )
+        input_ids, position_ids = input_ids[None], position_ids[None]
         if backbone is not None and head is not None:
             with packed_segments(row.lengths):
                 hidden = backbone(
