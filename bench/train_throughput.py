@@ -150,11 +150,21 @@ class StepRecord:
     engine_loss: float = float("nan")
     baseline_mem: int = 0  # peak growth during the step, bytes
     engine_mem: int = 0
+    baseline_held: int = 0  # bytes of its own training state when the step began
+    engine_held: int = 0
     engine_syncs: int | None = None  # host-device synchronizations in the step (CUDA only)
 
     @property
     def ratio(self) -> float:
         return self.baseline_s / self.engine_s if self.engine_s else float("nan")
+
+    @property
+    def baseline_peak(self) -> int:
+        return self.baseline_held + self.baseline_mem
+
+    @property
+    def engine_peak(self) -> int:
+        return self.engine_held + self.engine_mem
 
 
 @dataclass
@@ -168,8 +178,11 @@ class Result:
     baseline_tokens_per_s: float = float("nan")
     engine_tokens_per_s: float = float("nan")
     median_ratio: float = float("nan")
-    baseline_peak_mem_mb: float = float("nan")
+    baseline_step_mem_mb: float = float("nan")  # the largest growth during a step
+    engine_step_mem_mb: float = float("nan")
+    baseline_peak_mem_mb: float = float("nan")  # training state + that growth, the largest
     engine_peak_mem_mb: float = float("nan")
+    memory_ratio: float = float("nan")  # engine peak / baseline peak
     first_loss_diff: float = float("nan")
     max_loss_diff: float = float("nan")
     loss_parity: bool = False
@@ -328,6 +341,27 @@ def flops_per_token(model: Any, training_type: str, mean_seq: float) -> float:
     return factor * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * mean_seq
 
 
+def training_state_bytes(model: Any, optimizer: Any) -> int:
+    """Bytes of what one side's training keeps between steps: weights, buffers, gradients still
+    held and optimizer state, each storage counted once.
+
+    Frozen base weights shared by the two LoRA models count for both: each would need them alone.
+    Added to a step's peak growth, this is the peak that side would reach in a process of its own.
+    """
+    import torch
+
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    tensors += [
+        value
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    ]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -364,7 +398,9 @@ class _Bench:
                 self.torch.cuda.set_sync_debug_mode("default")
         caught[:] = [w for w in caught if "synchroniz" in str(w.message)]
 
-    def open_window(self) -> None:
+    def open_window(self, model: Any, optimizer: Any) -> int:
+        """Start timing a step of ``model``; returns the bytes its training state holds now."""
+        held = training_state_bytes(model, optimizer)
         self.sync()
         if self.cuda:
             self.torch.cuda.reset_peak_memory_stats()
@@ -372,6 +408,7 @@ class _Bench:
         else:
             self.sampler.window()
         self.started = time.perf_counter()
+        return held
 
     def close_window(self) -> tuple[float, int]:
         self.sync()
@@ -383,11 +420,11 @@ class _Bench:
         return seconds, grown
 
     def engine_step(self, index: int) -> None:
-        self.open_window()
+        rec = self.records[index]
+        rec.engine_held = self.open_window(self.run.model, self.run.optimizer)
         with self.counting_syncs() as syncs:
             loss, _, _ = self.run.train_step(self.batches[index], index)
         seconds, grown = self.close_window()
-        rec = self.records[index]
         rec.engine_s, rec.engine_mem, rec.engine_loss = seconds, grown, loss
         rec.engine_syncs = len(syncs) if self.cuda else None
         if self.verbose:
@@ -609,7 +646,7 @@ def main(argv: list[str] | None = None) -> Result:
 
         class Alternate(TrainerCallback):
             def on_train_begin(self, *_: Any, **__: Any) -> None:
-                bench.open_window()
+                records[0].baseline_held = bench.open_window(baseline_model, baseline_opt)
 
             def on_step_end(self, _args: Any, state: Any, *_: Any, **__: Any) -> None:
                 index = state.global_step - 1
@@ -617,7 +654,9 @@ def main(argv: list[str] | None = None) -> Result:
                 rec.baseline_s, rec.baseline_mem = bench.close_window()
                 rec.baseline_loss = float(baseline_losses[index])
                 bench.engine_step(index)
-                bench.open_window()
+                if index + 1 < len(records):
+                    held = bench.open_window(baseline_model, baseline_opt)
+                    records[index + 1].baseline_held = held
 
         dataset = [
             {"input_ids": list(e.input_ids), "attention_mask": [1] * e.n_tokens, "labels": e.labels}
@@ -672,8 +711,11 @@ def main(argv: list[str] | None = None) -> Result:
     result.baseline_tokens_per_s = median([r.real_tokens / r.baseline_s for r in measured])
     result.engine_tokens_per_s = median([r.real_tokens / r.engine_s for r in measured])
     result.median_ratio = median([r.ratio for r in measured])
-    result.baseline_peak_mem_mb = max(r.baseline_mem for r in measured) / MIB
-    result.engine_peak_mem_mb = max(r.engine_mem for r in measured) / MIB
+    result.baseline_step_mem_mb = max(r.baseline_mem for r in measured) / MIB
+    result.engine_step_mem_mb = max(r.engine_mem for r in measured) / MIB
+    result.baseline_peak_mem_mb = max(r.baseline_peak for r in measured) / MIB
+    result.engine_peak_mem_mb = max(r.engine_peak for r in measured) / MIB
+    result.memory_ratio = result.engine_peak_mem_mb / result.baseline_peak_mem_mb
     first = records[0]
     result.first_loss_diff = abs(first.baseline_loss - first.engine_loss)
     rel = [abs(r.baseline_loss - r.engine_loss) / max(abs(r.baseline_loss), 1e-6) for r in records]
@@ -704,8 +746,13 @@ def main(argv: list[str] | None = None) -> Result:
     )
     where = "GPU memory allocated" if args.device == "cuda" else "RSS"
     print(
-        f"peak memory growth during a step ({where}): baseline {result.baseline_peak_mem_mb:.0f} "
-        f"MiB, engine {result.engine_peak_mem_mb:.0f} MiB; models loaded: {models_mb:.0f} MiB"
+        f"peak memory growth during a step ({where}): baseline {result.baseline_step_mem_mb:.0f} "
+        f"MiB, engine {result.engine_step_mem_mb:.0f} MiB; models loaded: {models_mb:.0f} MiB"
+    )
+    print(
+        "peak memory (own weights, gradients, optimizer state + that growth): baseline "
+        f"{result.baseline_peak_mem_mb:.0f} MiB, engine {result.engine_peak_mem_mb:.0f} MiB, "
+        f"ratio {result.memory_ratio:.2f}"
     )
     if args.device == "cuda":
         mean_seq = sum(lengths) / len(lengths)

@@ -135,6 +135,31 @@ def test_lora_losses_and_gradients_agree_between_paths(
         torch.testing.assert_close(g_fast, g_plain, rtol=1e-3, atol=1e-6)
 
 
+def test_training_state_counts_each_storage_once_with_gradients_and_adam_moments(
+    bench: ModuleType, tiny: tuple[Path, Any]
+) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder, _ = tiny
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tied = base.get_input_embeddings().weight is base.get_output_embeddings().weight
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear"))
+    weights = {p.data_ptr(): p.numel() * 4 for p in model.parameters()}  # tied weights once
+    weights.update({b.data_ptr(): b.numel() * b.element_size() for b in model.buffers()})
+    adapters = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+
+    assert tied, "the tiny model ties its head to its embeddings: counted once, not twice"
+    assert bench.training_state_bytes(model, optimizer) == sum(weights.values())
+    model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    optimizer.step()
+    n_adapters = sum(1 for p in model.parameters() if p.requires_grad)
+    # + gradients, + exp_avg and exp_avg_sq, + a float32 step count per adapter tensor
+    expected = sum(weights.values()) + 3 * adapters + 4 * n_adapters
+    assert bench.training_state_bytes(model, optimizer) == expected
+
+
 def test_benchmark_runs_end_to_end_on_the_tiny_model(
     bench: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -147,6 +172,11 @@ def test_benchmark_runs_end_to_end_on_the_tiny_model(
     assert lines[-1].startswith("speedup ")
     assert float(lines[-1].split()[1]) > 0
     assert len(result.records) == 3  # 1 warmup + 2 measured rounds
+    assert result.engine_peak_mem_mb > result.engine_step_mem_mb  # the weights count too
+    assert result.memory_ratio == pytest.approx(
+        result.engine_peak_mem_mb / result.baseline_peak_mem_mb
+    )
+    assert any(line.startswith("peak memory (own weights") for line in lines)
 
 
 # What the GPU machines have: torch, transformers and peft, none of the web stack.
