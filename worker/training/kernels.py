@@ -10,7 +10,7 @@ for both the input gradient and ``A``'s gradient.  The result is the same to flo
 
 ``fuse_lora(model)`` switches every eligible peft LoRA ``Linear`` of a model to it; modules it
 cannot express exactly (dropout during training, DoRA and other variants, several active
-adapters, merged weights, a LoRA bias, autocast) keep peft's own forward.
+adapters, merged weights, a LoRA bias, quantized weights) keep peft's own forward.
 
 ``linear_cross_entropy`` is the output head and the loss in one: it goes through the labelled
 positions a chunk at a time, so a full (positions x vocabulary) logits tensor never exists (4 GB
@@ -161,7 +161,11 @@ class LoraLinear(torch.autograd.Function):
 
 
 def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    """Forward of a peft LoRA ``Linear``: fused when the plain case applies, else peft's own."""
+    """Forward of a peft LoRA ``Linear``: fused when the plain case applies, else peft's own.
+
+    Under autocast (bf16 on a GPU) the inputs are cast to the autocast dtype first, as autocast
+    would cast them for peft's three matmuls, and the fused function runs in that dtype.
+    """
     adapters = [name for name in self.active_adapters if name in self.lora_A]
     if (
         args
@@ -171,12 +175,22 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any
         or len(adapters) != 1
         or adapters[0] in self.lora_variant
         or (self.training and not isinstance(self.lora_dropout[adapters[0]], torch.nn.Identity))
-        or torch.is_autocast_enabled(x.device.type)
     ):
         return type(self).forward(self, x, *args, **kwargs)
     name = adapters[0]
     base = self.base_layer
     lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        tensors = [x, base.weight, base.bias, lora_a.weight, lora_b.weight]
+        if lora_b.bias is not None or any(
+            t is not None and not t.is_floating_point() for t in tensors
+        ):
+            return type(self).forward(self, x, *args, **kwargs)
+        cast = [None if t is None else t.to(dtype) for t in tensors]
+        with torch.autocast(device_type, enabled=False):
+            return LoraLinear.apply(*cast, self.scaling[name])
     if lora_b.bias is not None or not (x.dtype == base.weight.dtype == lora_a.weight.dtype):
         return type(self).forward(self, x, *args, **kwargs)
     return LoraLinear.apply(

@@ -78,8 +78,33 @@ def test_fused_lora_is_used_and_gives_way_where_it_does_not_apply() -> None:
     torch.testing.assert_close(dropped, reference(x))  # peft's own forward, same dropout draw
     assert "LoraLinear" not in type(dropped.grad_fn).__name__
 
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_lora_under_autocast_is_as_close_to_float32_as_peft_under_autocast(
+    bias: bool,
+) -> None:
+    # bf16 autocast is how a GPU trains; the fused function then runs in bf16, as peft's
+    # matmuls do, and hands float32 gradients to the float32 adapters.
+    plain = lora_model(bias)
+    fused = copy.deepcopy(plain)
+    fuse_lora(fused)
+    x = torch.randn(3, 5, 16)
+    out_exact, grads_exact = forward_and_grads(plain, x)
+
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fused(x).dtype == torch.bfloat16  # autocast: peft's forward casts as it should
+        out_plain, grads_plain = forward_and_grads(plain, x)
+        out_fused, grads_fused = forward_and_grads(fused, x)
+
+    assert type(out_fused.grad_fn).__name__ == "LoraLinearBackward"  # fused, not peft's
+    assert out_fused.dtype == out_plain.dtype == torch.bfloat16
+    # bf16 keeps about 3 significant digits: both stay within 2% of the largest exact value.
+    for exact, peft_bf16, fused_bf16 in zip(
+        [out_exact, *grads_exact], [out_plain, *grads_plain], [out_fused, *grads_fused], strict=True
+    ):
+        assert fused_bf16.dtype == peft_bf16.dtype
+        bound = 2e-2 * exact.abs().max().item()
+        assert (peft_bf16.float() - exact).abs().max().item() < bound
+        assert (fused_bf16.float() - exact).abs().max().item() < bound
 
 
 def reference_loss(
