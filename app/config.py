@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="Memory a training step's activations may take; unset: what the device "
         "has free when the job starts. Larger batches are split, longer examples checkpointed",
     )
+    training_precision: Literal["auto", "float32", "bf16"] = Field(
+        default="auto",
+        description="Matmul precision of training steps over float32 weights; auto: bf16 "
+        "where the GPU or CPU multiplies bf16 natively, float32 elsewhere",
+    )
     # Quotas (see docs/reliability.md); None or 0 means unlimited, the default.
     max_running_jobs_per_project: int | None = Field(
         default=None,

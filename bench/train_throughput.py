@@ -473,6 +473,14 @@ def main(argv: list[str] | None = None) -> Result:
         help="the engine's activation budget (default: measured free memory); batches over it "
         "are split into rows, examples over it checkpoint layers",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bf16"),
+        default="auto",
+        help="both sides' matmul precision (bf16: autocast over float32 weights; the baseline "
+        "gets TrainingArguments(bf16=True)); auto: the engine's choice for this device, bf16 "
+        "where the GPU or CPU multiplies bf16 natively",
+    )
     parser.add_argument("--weights", choices=("auto", "real", "random"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-cache-dir", type=Path, default=DEFAULT_CACHE)
@@ -497,6 +505,7 @@ def main(argv: list[str] | None = None) -> Result:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no GPU is available")
     device = torch.device(args.device)
+    bf16 = sft.autocast_dtype(args.precision, device) == torch.bfloat16
     if args.model == "llama-8b" and args.training_type == "full":
         raise SystemExit(
             "llama-8b full fine-tuning needs ~16 bytes/parameter (128 GB) per copy; "
@@ -504,7 +513,7 @@ def main(argv: list[str] | None = None) -> Result:
         )
     total_steps = args.warmup_steps + args.steps
     n_examples = total_steps * args.batch_size
-    rtol = args.loss_rtol or (2e-2 if args.device == "cuda" else 1e-3)
+    rtol = args.loss_rtol or (2e-2 if bf16 else 1e-3)
     print(
         f"machine: {describe_machine()}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
@@ -537,6 +546,7 @@ def main(argv: list[str] | None = None) -> Result:
             seed=args.seed,
             max_seq_len=args.max_len,
             device=args.device,
+            precision="bf16" if bf16 else "float32",
             activation_memory_gib=args.activation_memory_gib,
         )
         hp = resolve_hyperparameters(len(examples), sum(e.n_tokens for e in examples), cfg)
@@ -603,7 +613,7 @@ def main(argv: list[str] | None = None) -> Result:
         print(
             f"model: {args.model} ({weights} weights), {args.training_type}, "
             f"{trainable / 1e6:.2f}M trainable, device {args.device}, "
-            f"{'bf16 autocast' if args.device == 'cuda' else 'float32'}; "
+            f"{'bf16 autocast' if bf16 else 'float32'}; "
             f"lr {hp.learning_rate:g}, batch {args.batch_size}, "
             f"{args.warmup_steps} warmup + {args.steps} measured steps"
         )
@@ -683,7 +693,7 @@ def main(argv: list[str] | None = None) -> Result:
             disable_tqdm=True,
             label_names=["labels"],
             use_cpu=args.device == "cpu",
-            bf16=args.device == "cuda",
+            bf16=bf16,
             dataloader_pin_memory=args.device == "cuda",
         )
         baseline_opt, baseline_sched = optimizer_and_schedule(baseline_model, engine=False)

@@ -279,6 +279,7 @@ class JobRunner:
             lora_dropout=float(hp.get("lora_dropout", 0.0)),
             seed=seed,
             activation_memory_gib=self.settings.training_activation_memory_gib,
+            precision=self.settings.training_precision,
             resume_from_checkpoint=latest_checkpoint(plan.output_dir),
         )
 

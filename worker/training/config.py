@@ -14,6 +14,7 @@ from typing import Any, Literal
 TrainingType = Literal["lora", "full"]
 Device = Literal["auto", "cpu", "cuda"]
 Compile = Literal["auto", "on", "off"]
+Precision = Literal["auto", "float32", "bf16"]
 
 # Peak learning rates before the multiplier.  LoRA adapters start at zero and need a large step;
 # full fine-tuning moves every pretrained weight, so an order of magnitude less keeps it stable.
@@ -59,6 +60,9 @@ class TrainingConfig:
     # torch.compile the decoder layers. "auto": on a GPU always; on a CPU when a C++ compiler is
     # installed and the run is long enough to win back the compile time (see sft._use_compile).
     compile: Compile = "auto"
+    # Matmul precision over float32 master weights. "auto": bf16 autocast where the hardware has
+    # bf16 matmuls (most GPUs; CPUs with AVX512-BF16 or AMX), float32 elsewhere.
+    precision: Precision = "auto"
     # Memory a step's activations may take. None: what the device has free once the model,
     # gradients and optimizer state are in place. Batches that would need more are split into
     # rows that fit, and longer examples checkpoint layers (see memory.py).
@@ -85,6 +89,8 @@ class TrainingConfig:
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be auto, on or off, not {self.compile!r}")
+        if self.precision not in ("auto", "float32", "bf16"):
+            raise ValueError(f"precision must be auto, float32 or bf16, not {self.precision!r}")
         if (
             self.n_epochs is not None
             and not N_EPOCHS_RANGE[0] <= self.n_epochs <= N_EPOCHS_RANGE[1]

@@ -87,6 +87,9 @@ def make_config(tmp_path: Path, model_cache: Path) -> Callable[..., TrainingConf
             "learning_rate_multiplier": 10.0,
             "seed": 1234,
             "device": "cpu",
+            # Exact comparisons (resume, compile, packing) hold on every machine in float32;
+            # bf16 ("auto" on a CPU with bf16 matmuls) is tested on its own.
+            "precision": "float32",
         }
         values.update(overrides)
         return TrainingConfig(**values)

@@ -89,6 +89,8 @@ def test_dict_round_trip_keeps_types() -> None:
         {"learning_rate_multiplier": 0},
         {"training_type": "dpo"},
         {"device": "tpu"},
+        {"compile": "yes"},
+        {"precision": "fp16"},
         {"keep_checkpoints": 0},
         {"typo_key": 1},
     ],

@@ -177,10 +177,40 @@ def test_compiled_layers_train_exactly_like_eager_layers(
         )
         recorder = Recorder()
         result = train(config, recorder)
-        losses[mode] = [*recorder.losses, result.metrics["full_valid_loss"]]
+        losses[mode] = [*recorder.losses.values(), result.metrics["full_valid_loss"]]
         compiling = [e for e in recorder.events if "Compiling" in str(e[1])]
         assert len(compiling) == (mode == "on")
         assert bool(counters["stats"]["unique_graphs"]) == (mode == "on")  # really compiled
     assert len(losses["on"]) > 2
     for eager, compiled in zip(losses["off"], losses["on"], strict=True):
         assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+@pytest.mark.parametrize("training_type", ["lora", "full"])
+def test_bf16_steps_the_gpus_precision_stay_close_to_float32(
+    make_config: Any, varied_file: Path, training_type: str
+) -> None:
+    """bf16 autocast, as on a GPU, through every fused path (LoRA, head and loss, varlen
+    attention), eager and compiled: no dtype error, and losses within bf16's precision."""
+    from torch._dynamo.utils import counters
+
+    losses = {}
+    for precision, mode in (("float32", "off"), ("bf16", "off"), ("bf16", "on")):
+        counters.clear()
+        config: TrainingConfig = make_config(
+            varied_file,
+            f"out-{precision}-{mode}",
+            training_type=training_type,
+            precision=precision,
+            compile=mode,
+            validation_file=varied_file,
+            n_epochs=1,
+        )
+        result = train(config, recorder := Recorder())
+        losses[precision, mode] = [*recorder.losses.values(), result.metrics["full_valid_loss"]]
+        assert bool(counters["stats"]["unique_graphs"]) == (mode == "on")  # really compiled
+    exact = losses["float32", "off"]
+    assert len(exact) > 2
+    assert losses["bf16", "off"] != exact  # autocast really ran
+    for bf16 in (losses["bf16", "off"], losses["bf16", "on"]):
+        assert bf16 == pytest.approx(exact, rel=2e-2)
