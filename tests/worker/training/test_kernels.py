@@ -214,3 +214,19 @@ def test_bf16_steps_the_gpus_precision_stay_close_to_float32(
     assert losses["bf16", "off"] != exact  # autocast really ran
     for bf16 in (losses["bf16", "off"], losses["bf16", "on"]):
         assert bf16 == pytest.approx(exact, rel=2e-2)
+
+
+def test_auto_compile_on_a_cpu_waits_for_a_run_long_enough_to_pay_it_back(
+    make_config: Any, varied_file: Path
+) -> None:
+    from worker.training.sft import _has_cxx_compiler, _use_compile
+
+    cpu = torch.device("cpu")
+    exact = make_config(varied_file, precision="float32", compile="auto")
+    mixed = make_config(varied_file, precision="bf16", compile="auto")
+    assert not _use_compile(exact, cpu, 1_000) and not _use_compile(mixed, cpu, 1_000)
+    # bf16 gains more from compiling (the casts fuse), so it pays back sooner.
+    assert _use_compile(mixed, cpu, 50_000) == _has_cxx_compiler()
+    assert not _use_compile(exact, cpu, 50_000)
+    assert _use_compile(exact, cpu, 200_000) == _has_cxx_compiler()
+    assert _use_compile(make_config(varied_file, compile="off"), cpu, 10**9) is False
