@@ -163,8 +163,9 @@ class LoraLinear(torch.autograd.Function):
 def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
     """Forward of a peft LoRA ``Linear``: fused when the plain case applies, else peft's own.
 
-    Under autocast (bf16 on a GPU) the inputs are cast to the autocast dtype first, as autocast
-    would cast them for peft's three matmuls, and the fused function runs in that dtype.
+    Under autocast (bf16 on a GPU, or a CPU that has it) the inputs are cast to the autocast
+    dtype first, as autocast would cast them for peft's three matmuls, and the fused function
+    runs in that dtype.
     """
     adapters = [name for name in self.active_adapters if name in self.lora_A]
     if (

@@ -232,8 +232,13 @@ def train(
         callbacks.on_event(level, message, None)
     callbacks.on_event(
         "info",
-        f"Training {config.training_type} for {total_steps} steps on {device.type}",
-        {"total_steps": total_steps, "trainable_parameters": sum(p.numel() for p in trainable)},
+        f"Training {config.training_type} for {total_steps} steps on {device.type}"
+        + (" in bf16" if run.autocast_dtype == torch.bfloat16 else ""),
+        {
+            "total_steps": total_steps,
+            "trainable_parameters": sum(p.numel() for p in trainable),
+            "precision": "bf16" if run.autocast_dtype == torch.bfloat16 else "float32",
+        },
     )
 
     # 4. The loop -------------------------------------------------------------------------------

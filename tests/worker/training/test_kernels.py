@@ -209,6 +209,8 @@ def test_bf16_steps_the_gpus_precision_stay_close_to_float32(
         result = train(config, recorder := Recorder())
         losses[precision, mode] = [*recorder.losses.values(), result.metrics["full_valid_loss"]]
         assert bool(counters["stats"]["unique_graphs"]) == (mode == "on")  # really compiled
+        said = [str(e[1]) for e in recorder.events if " steps on " in str(e[1])]
+        assert said[0].endswith(" in bf16") == (precision == "bf16"), said
     exact = losses["float32", "off"]
     assert len(exact) > 2
     assert losses["bf16", "off"] != exact  # autocast really ran
