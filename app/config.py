@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.training.config import Precision
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNA_", extra="ignore")
@@ -49,7 +51,7 @@ class Settings(BaseSettings):
         description="Memory a training step's activations may take; unset: what the device "
         "has free when the job starts. Larger batches are split, longer examples checkpointed",
     )
-    training_precision: Literal["auto", "float32", "bf16"] = Field(
+    training_precision: Precision = Field(
         default="auto",
         description="Matmul precision of training steps over float32 weights; auto: bf16 "
         "where the GPU or CPU multiplies bf16 natively, float32 elsewhere",

@@ -54,7 +54,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -76,6 +76,8 @@ from _common import (  # noqa: E402
     percentile,
     rss_bytes,
 )
+
+from worker.training.config import Precision  # noqa: E402
 
 DEFAULT_CACHE = BENCH_DIR.parent / "var" / "model-cache"
 H100_BF16_FLOPS = 989e12  # dense bf16 peak of an H100 SXM, the MFU denominator
@@ -475,7 +477,7 @@ def main(argv: list[str] | None = None) -> Result:
     )
     parser.add_argument(
         "--precision",
-        choices=("auto", "float32", "bf16"),
+        choices=get_args(Precision),
         default="auto",
         help="both sides' matmul precision (bf16: autocast over float32 weights; the baseline "
         "gets TrainingArguments(bf16=True)); auto: the engine's choice for this device, bf16 "

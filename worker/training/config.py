@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 TrainingType = Literal["lora", "full"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -89,7 +89,7 @@ class TrainingConfig:
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be auto, on or off, not {self.compile!r}")
-        if self.precision not in ("auto", "float32", "bf16"):
+        if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be auto, float32 or bf16, not {self.precision!r}")
         if (
             self.n_epochs is not None

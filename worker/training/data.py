@@ -612,9 +612,7 @@ def _first_token_from(encoding: Any, char: int) -> int:
     n_tokens = len(encoding)
     if not n_tokens or encoding.token_to_chars(n_tokens - 1)[1] <= char:
         return n_tokens
-    return bisect.bisect_left(
-        range(len(encoding)), char, key=lambda t: encoding.token_to_chars(t)[0]
-    )
+    return bisect.bisect_left(range(n_tokens), char, key=lambda t: encoding.token_to_chars(t)[0])
 
 
 def _encode_batch(tokenizer: Any, texts: list[str]) -> list[Any]:

@@ -226,6 +226,7 @@ def train(
         callbacks.on_event(
             "info", "Compiling the model's layers (the first step takes longer)", None
         )
+    precision = "bf16" if run.autocast_dtype == torch.bfloat16 else "float32"
     longest_batch = sum(sorted(e.n_tokens for e in train_examples)[-hp.batch_size :])
     longest_example = max(e.n_tokens for e in train_examples)
     for level, message in describe_memory_plan(run.memory, longest_example, longest_batch):
@@ -233,11 +234,11 @@ def train(
     callbacks.on_event(
         "info",
         f"Training {config.training_type} for {total_steps} steps on {device.type}"
-        + (" in bf16" if run.autocast_dtype == torch.bfloat16 else ""),
+        + (" in bf16" if precision == "bf16" else ""),
         {
             "total_steps": total_steps,
             "trainable_parameters": sum(p.numel() for p in trainable),
-            "precision": "bf16" if run.autocast_dtype == torch.bfloat16 else "float32",
+            "precision": precision,
         },
     )
 
