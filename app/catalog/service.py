@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.catalog.base_models import available_base_models, find_base_model
+from app.catalog.base_models import available_base_models, find_offered_base_model
 from app.catalog.repository import ModelRepository
 from app.catalog.schemas import ModelObject
 from app.config import Settings
@@ -31,7 +31,7 @@ class CatalogService:
         return bases + [_fine_tuned(row, project) for row in self.models.list(project.id)]
 
     def get(self, project: Project, model_id: str) -> ModelObject:
-        base = find_base_model(self.settings, model_id)
+        base = find_offered_base_model(self.settings, model_id)
         if base is not None:
             # An alias answers under the name it was asked by, as OpenAI's aliases do.
             return ModelObject(id=model_id, created=base.created, owned_by=BASE_MODEL_OWNER)

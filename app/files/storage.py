@@ -27,6 +27,10 @@ class LocalStorage:
             raise ValueError(f"storage key escapes the root: {key!r}")
         return path
 
+    def key_of(self, path: Path) -> str:
+        """The key of a path inside the root (a worker's checkpoint or model folder)."""
+        return str(path.resolve().relative_to(self.root))
+
     def put(self, temp_path: Path, key: str) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)

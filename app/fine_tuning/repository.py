@@ -3,7 +3,7 @@
 Shared by the API and the worker: every method takes plain values and works on any `Session`
 (no request objects), flushes so that ids and `seq` exist at once, and never commits; the caller's
 edge (request dependency or task wrapper) does. Status changes are not here: they go through
-`app.fine_tuning.state.transition`.
+`app.fine_tuning.lifecycle`, with the event that tells of each.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import Text, cast, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.fine_tuning.state import WAITING_VALUES
+from app.fine_tuning.state import WAITING_VALUES, JobStatus
 from app.ids import new_id
-from app.orm import FineTunedModel, FineTuningCheckpoint, FineTuningEvent, FineTuningJob
+from app.orm import FineTunedModel, FineTuningCheckpoint, FineTuningEvent, FineTuningJob, Project
 from app.orm.base import utcnow
 from app.pagination import Page, paginate
 
@@ -44,7 +44,59 @@ class FineTuningRepository:
             stmt = stmt.where(FineTuningJob.project_id == project_id)
         return self.session.scalar(stmt)
 
+    def reload_job(self, job_id: str) -> FineTuningJob | None:
+        """Re-read from the database: another transaction may have moved the job since."""
+        return self.session.get(FineTuningJob, job_id, populate_existing=True)
+
+    def ownership(self, job_id: str) -> tuple[str, str | None, int] | None:
+        """(status, worker_id, attempt): enough for an attempt to tell whether it still runs."""
+        row = self.session.execute(
+            select(FineTuningJob.status, FineTuningJob.worker_id, FineTuningJob.attempt).where(
+                FineTuningJob.id == job_id
+            )
+        ).one_or_none()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def project_of(self, job: FineTuningJob) -> Project:
+        project = self.session.get(Project, job.project_id)
+        assert project is not None  # the foreign key cascades
+        return project
+
+    def expired_leases(self, now: datetime) -> list[str]:
+        """Running jobs whose worker stopped renewing the lease: it died."""
+        return list(
+            self.session.scalars(
+                select(FineTuningJob.id).where(
+                    FineTuningJob.status == JobStatus.RUNNING.value,
+                    FineTuningJob.lease_expires_at < now,
+                )
+            )
+        )
+
+    def renew_lease(self, job_id: str, worker_id: str, until: datetime) -> None:
+        """Only while this worker still runs the job: a lost attempt must not keep it alive."""
+        self.session.execute(
+            update(FineTuningJob)
+            .where(
+                FineTuningJob.id == job_id,
+                FineTuningJob.worker_id == worker_id,
+                FineTuningJob.status == JobStatus.RUNNING.value,
+            )
+            .values(lease_expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+
     # The broker outbox: `enqueued_at` says a message for the job is known to be sent.
+
+    def waiting_jobs(self, *, unsent_before: datetime | None) -> list[str]:
+        """Jobs that need a message: all of them, or (with `unsent_before`) those created before
+        it with no message known to be sent."""
+        query = select(FineTuningJob.id).where(FineTuningJob.status.in_(WAITING_VALUES))
+        if unsent_before is not None:
+            query = query.where(
+                FineTuningJob.enqueued_at.is_(None), FineTuningJob.created_at < unsent_before
+            )
+        return list(self.session.scalars(query.order_by(FineTuningJob.created_at)))
 
     def mark_enqueued(self, job_id: str, at: datetime, *, only_if_unsent: bool = False) -> bool:
         """Record that the job's message is (being) sent at `at`; True when this call did.
@@ -134,6 +186,18 @@ class FineTuningRepository:
         """A `type: "metrics"` event, as OpenAI sends one per logged step."""
         return self.add_event(job_id, message, type="metrics", data=metrics)
 
+    def metrics_events(self, job_id: str) -> list[dict[str, Any]]:
+        """The data of the job's metrics events, in order (one per logged step)."""
+        rows = self.session.scalars(
+            select(FineTuningEvent.data)
+            .where(FineTuningEvent.job_id == job_id, FineTuningEvent.type == "metrics")
+            .order_by(FineTuningEvent.seq)
+        )
+        return [row for row in rows if row]
+
+    def last_metrics_step(self, job_id: str) -> int:
+        return max((int(m.get("step", 0)) for m in self.metrics_events(job_id)), default=0)
+
     def get_event(self, job_id: str, event_id: str) -> FineTuningEvent | None:
         return self.session.scalar(
             select(FineTuningEvent).where(
@@ -198,6 +262,47 @@ class FineTuningRepository:
             limit=limit,
         )
 
+    def record_checkpoint(
+        self,
+        job: FineTuningJob,
+        *,
+        step: int,
+        model_id: str,
+        storage_key: str,
+        metrics: dict[str, Any],
+        training_type: str,
+        base_model: str,
+    ) -> None:
+        """A checkpoint and its callable `...:ckpt-step-N` model; replaces one of the same step
+        (a run resumed after a crash saves that step again)."""
+        self.remove_checkpoint(job.id, step)
+        self.add_checkpoint(
+            job_id=job.id,
+            project_id=job.project_id,
+            step_number=step,
+            fine_tuned_model_checkpoint=model_id,
+            metrics=metrics,
+            storage_key=storage_key,
+        )
+        self.add_model(
+            model_id=model_id,
+            project_id=job.project_id,
+            job_id=job.id,
+            base_model=base_model,
+            training_type=training_type,
+            storage_key=storage_key,
+            checkpoint_step=step,
+        )
+
+    def remove_checkpoint(self, job_id: str, step: int) -> None:
+        """The job's checkpoint at ``step`` and its model row, if there is one."""
+        for checkpoint in self.session.scalars(
+            select(FineTuningCheckpoint).where(
+                FineTuningCheckpoint.job_id == job_id, FineTuningCheckpoint.step_number == step
+            )
+        ).all():
+            self.delete_checkpoint(checkpoint)
+
     def delete_checkpoint(self, checkpoint: FineTuningCheckpoint) -> None:
         """For pruning to the last N; its `ft:...:ckpt-step-N` model row goes with it."""
         model = self.session.get(FineTunedModel, checkpoint.fine_tuned_model_checkpoint)
@@ -207,6 +312,21 @@ class FineTuningRepository:
         self.session.flush()
 
     # Fine-tuned models --------------------------------------------------------------------
+
+    def publish_model(
+        self, job: FineTuningJob, model_id: str, storage_key: str, training_type: str, base: str
+    ) -> None:
+        """The job's final model; a duplicate run of a finished job keeps the first row."""
+        if self.session.get(FineTunedModel, model_id) is not None:
+            return
+        self.add_model(
+            model_id=model_id,
+            project_id=job.project_id,
+            job_id=job.id,
+            base_model=base,
+            training_type=training_type,
+            storage_key=storage_key,
+        )
 
     def add_model(
         self,

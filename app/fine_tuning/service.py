@@ -1,14 +1,13 @@
 """Fine-tuning jobs: create (checked, then enqueued after commit), read, cancel, pause, resume.
 
-Every status change goes through `state.transition`, so a request racing the worker (a cancel
-landing as the job finishes) ends in exactly one consistent state; the loser gets a 400 that
-names the status it found.
+Every status change goes through `lifecycle.JobLifecycle`, so a request racing the worker (a
+cancel landing as the job finishes) ends in exactly one consistent state; the loser gets a 400
+that names the status it found.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,28 +16,28 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.catalog.base_models import find_base_model
+from app.catalog.base_models import find_offered_base_model
 from app.config import Settings
 from app.db import after_commit
 from app.errors import InvalidRequest, NotFound, RateLimited
 from app.files.repository import FileRepository
 from app.fine_tuning import hyperparameters as hp
+from app.fine_tuning.lifecycle import JobLifecycle
 from app.fine_tuning.queue import JobQueue
 from app.fine_tuning.repository import JOB_PREFIX, FineTuningRepository
 from app.fine_tuning.schemas import CreateFineTuningJobRequest
-from app.fine_tuning.state import JobStatus, sources_of, transition
+from app.fine_tuning.state import ACTIVE, JobStatus
 from app.ids import new_id
 from app.orm import FineTuningCheckpoint, FineTuningEvent, FineTuningJob, Project
 from app.orm.base import utcnow
 from app.pagination import Page
 from app.quotas import hold_project
+from tuna_core.dataset import METHOD_FORMATS
+from tuna_core.model_ids import SUFFIX_PATTERN
 
 logger = logging.getLogger("tuna.fine_tuning")
 
-# Statuses that count against `max_running_jobs_per_project` (paused jobs hold no worker).
-ACTIVE_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
 
-SUFFIX_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_SEED = 2_147_483_647
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
@@ -46,9 +45,6 @@ MAX_METADATA_VALUE = 512
 METHOD_TYPES = ("supervised", "dpo", "reinforcement")
 SUPPORTED_METHODS = ("supervised",)
 FINE_TUNE_PURPOSE = "fine-tune"
-# A status change can lose a race to another writer and still be allowed from the new status
-# (running -> paused while we cancel); a few tries settle it.
-_TRANSITION_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -68,23 +64,25 @@ class FineTuningService:
         self.settings = settings
         self.queue = queue
         self.jobs = FineTuningRepository(session)
+        self.lifecycle = JobLifecycle(session)
         self.files = FileRepository(session)
 
     # Create -------------------------------------------------------------------------------
 
     def create(self, project: Project, request: CreateFineTuningJobRequest) -> FineTuningJob:
         checked = validate_create(request)
-        base = find_base_model(self.settings, request.model)
+        base = find_offered_base_model(self.settings, request.model)
         if base is None:
             raise InvalidRequest(
                 f"The model '{request.model}' does not exist or you do not have access to it.",
                 param="model",
                 code="model_not_found",
             )
-        self._check_file(project, request.training_file, "training_file")
+        method = "supervised"  # the one method SUPPORTED_METHODS has yet
+        self._check_file(project, request.training_file, "training_file", method)
         self._check_running_quota(project)
         if request.validation_file is not None:
-            self._check_file(project, request.validation_file, "validation_file")
+            self._check_file(project, request.validation_file, "validation_file", method)
 
         job = self.jobs.add_job(
             FineTuningJob(
@@ -95,7 +93,7 @@ class FineTuningService:
                 validation_file=request.validation_file,
                 suffix=checked.suffix,
                 seed=checked.seed,
-                method_type="supervised",
+                method_type=method,
                 hyperparameters=checked.hyperparameters,
                 status=JobStatus.VALIDATING_FILES.value,
                 result_files=[],
@@ -128,7 +126,8 @@ class FineTuningService:
             .select_from(FineTuningJob)
             .where(
                 FineTuningJob.project_id == project.id,
-                FineTuningJob.status.in_([status.value for status in ACTIVE_STATUSES]),
+                # Paused jobs hold no worker: they do not count.
+                FineTuningJob.status.in_([status.value for status in ACTIVE]),
             )
         )
         if (active or 0) >= limit:
@@ -138,7 +137,7 @@ class FineTuningService:
                 code="quota_exceeded",
             )
 
-    def _check_file(self, project: Project, file_id: str, param: str) -> None:
+    def _check_file(self, project: Project, file_id: str, param: str, method: str) -> None:
         # Another project's file is looked up with this project's id, so it is exactly as
         # absent as a file that never existed.
         row = self.files.get(project.id, file_id, now=utcnow())
@@ -160,6 +159,15 @@ class FineTuningService:
                 f"Invalid {param}: {file_id}. The file is not ready (status '{row.status}').",
                 param=param,
                 code="file_not_ready",
+            )
+        trained = METHOD_FORMATS[method]
+        if row.data_format is not None and row.data_format not in trained:
+            formats = " or ".join(sorted(trained))
+            raise InvalidRequest(
+                f"Invalid {param}: {file_id}. The file holds {row.data_format} examples, but the "
+                f"{method} method trains on {formats} examples.",
+                param=param,
+                code="invalid_file_format",
             )
 
     def _enqueue_after_commit(self, job_id: str) -> None:
@@ -235,47 +243,20 @@ class FineTuningService:
 
     def cancel(self, project: Project, job_id: str) -> FineTuningJob:
         job = self.get(project, job_id)
-        self._move(job, JobStatus.CANCELLED, "cancel", finished_at=utcnow(), estimated_finish=None)
-        self.jobs.add_event(job.id, "Fine-tuning job cancelled")
+        self.lifecycle.cancel(job)
         return job
 
     def pause(self, project: Project, job_id: str) -> FineTuningJob:
         job = self.get(project, job_id)
-        self._move(job, JobStatus.PAUSED, "pause", only_from={JobStatus.QUEUED, JobStatus.RUNNING})
-        self.jobs.add_event(job.id, "Fine-tuning job paused")
+        self.lifecycle.pause(job)
         return job
 
     def resume(self, project: Project, job_id: str) -> FineTuningJob:
         job = self.get(project, job_id)
         self._check_running_quota(project)
-        self._move(job, JobStatus.QUEUED, "resume", only_from={JobStatus.PAUSED}, enqueued_at=None)
-        self.jobs.add_event(job.id, "Fine-tuning job resumed")
+        self.lifecycle.resume(job)
         self._enqueue_after_commit(job.id)
         return job
-
-    def _move(
-        self,
-        job: FineTuningJob,
-        target: JobStatus,
-        action: str,
-        *,
-        only_from: set[JobStatus] | None = None,
-        **values: Any,
-    ) -> None:
-        sources = sources_of(target)
-        if only_from is not None:
-            sources &= frozenset(only_from)
-        for _ in range(_TRANSITION_TRIES):
-            if transition(self.session, job.id, target, only_from=sources, **values):
-                return
-            self.jobs.refresh_job(job)
-            if job.status not in sources:
-                break
-        raise InvalidRequest(
-            f"Cannot {action} fine-tuning job {job.id}: its status is '{job.status}'.",
-            param="id",
-            code="invalid_job_status",
-        )
 
 
 def validate_create(request: CreateFineTuningJobRequest) -> ValidatedJob:

@@ -42,6 +42,8 @@ from app.inference.types import (
     Usage,
     collect,
 )
+from tuna_core.chat_template import render_prompt
+from tuna_core.devices import DeviceUnavailable
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -59,14 +61,19 @@ Work = Callable[[Emit, threading.Event], None]
 
 
 class InferenceEngine(Protocol):
-    """What the endpoints need from a backend; messages are `{"role", "content": str}` dicts."""
+    """What the endpoints need from a backend.
+
+    Messages are checked OpenAI chat messages (`tuna_core.dataset.check_request_messages`): a
+    local engine renders them as training did (`tuna_core.chat_template.render_prompt`), an
+    upstream server with its own template.
+    """
 
     async def chat(
-        self, target: ModelTarget, messages: list[dict[str, str]], params: SamplingParams
+        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
     ) -> GenerationResult: ...
 
     def stream_chat(
-        self, target: ModelTarget, messages: list[dict[str, str]], params: SamplingParams
+        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
     ) -> AsyncGenerator[GenerationEvent, None]: ...
 
     async def complete(
@@ -129,18 +136,17 @@ class LocalEngine:
     # -- the protocol --------------------------------------------------------------------------
 
     async def chat(
-        self, target: ModelTarget, messages: list[dict[str, str]], params: SamplingParams
+        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
     ) -> GenerationResult:
         async with aclosing(self.stream_chat(target, messages, params)) as events:
             return await collect(events)
 
     def stream_chat(
-        self, target: ModelTarget, messages: list[dict[str, str]], params: SamplingParams
+        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
     ) -> AsyncGenerator[GenerationEvent, None]:
         def prompts(tokenizer: Any) -> list[list[int]]:
-            text = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
+            text = render_prompt(tokenizer, messages)
+            # The template writes any BOS itself; adding special tokens again would double it.
             return [tokenizer(text, add_special_tokens=False)["input_ids"]]
 
         return self._stream(self._generation(target, prompts, params, "messages"))
@@ -227,9 +233,12 @@ class LocalEngine:
         if self._cache is None:
             from app.inference.models import ModelCache
 
-            self._cache = ModelCache(
-                self.cache_dir, self.local_models, self.adapter_cache_bytes, self.device
-            )
+            try:
+                self._cache = ModelCache(
+                    self.cache_dir, self.local_models, self.adapter_cache_bytes, self.device
+                )
+            except DeviceUnavailable as exc:  # TUNA_INFERENCE_DEVICE names a missing GPU
+                raise ServerError(f"The inference engine cannot start: {exc}.") from exc
         return self._cache
 
     def _serve(self) -> None:

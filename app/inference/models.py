@@ -32,7 +32,9 @@ import torch
 
 from app.errors import APIError, NotFound, ServerError
 from app.inference.types import ModelTarget
-from worker.training.base_models import UnknownBaseModel, ensure_chat_template, resolve_base_model
+from tuna_core.base_models import UnknownBaseModel, resolve_base_model
+from tuna_core.chat_template import ensure_chat_template
+from tuna_core.devices import pick_device
 
 logger = logging.getLogger("tuna.inference")
 
@@ -86,7 +88,7 @@ class ModelCache:
         self.cache_dir = cache_dir
         self.local_models = dict(local_models or {})
         self.budget_bytes = budget_bytes
-        self.device = _pick_device(device)
+        self.device = pick_device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self._bases: dict[str, _Base] = {}
         self._lru: OrderedDict[str, _Entry] = OrderedDict()
@@ -292,9 +294,3 @@ def _model_kwargs(model: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {}
     return {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
-
-
-def _pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)

@@ -81,13 +81,13 @@ class UpstreamEngine:
     # -- the protocol --------------------------------------------------------------------------
 
     async def chat(
-        self, target: ModelTarget, messages: list[dict[str, str]], params: SamplingParams
+        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
     ) -> GenerationResult:
         async with aclosing(self.stream_chat(target, messages, params)) as events:
             return await collect(events)
 
     def stream_chat(
-        self, target: ModelTarget, messages: list[dict[str, str]], params: SamplingParams
+        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
     ) -> AsyncGenerator[GenerationEvent, None]:
         return self._stream("/chat/completions", target, {"messages": messages}, params)
 

@@ -44,7 +44,7 @@ def bench() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[Path, Any]:
-    from worker.training.base_models import resolve_base_model
+    from tuna_core.base_models import resolve_base_model
 
     folder = resolve_base_model("tuna-tiny-test", MODEL_CACHE)
     tokenizer = load_bench().load_tokenizer(MODEL_CACHE)

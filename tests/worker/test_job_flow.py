@@ -124,6 +124,49 @@ def test_too_few_examples_fails_with_openai_code(
     assert "has 7 example(s), but must have at least 10" in done.error.message
 
 
+def test_a_file_the_upload_accepts_trains(client: openai.OpenAI, worker: WorkerProcess) -> None:
+    """Per-example metadata, a BOM, blank lines, text parts and context-only answers: every
+    line the upload accepted, the worker trains on (the two check with one schema)."""
+    lines = [json.loads(line) for line in chat_jsonl(12).decode().splitlines()]
+    for i, example in enumerate(lines):
+        example["metadata"] = {"source": "test", "row": i}
+    lines[3]["messages"][0]["content"] = [
+        {"type": "text", "text": "What is 3 "},
+        {"type": "text", "text": "plus 3?"},
+    ]
+    lines[5]["messages"][1:1] = [
+        {"role": "assistant", "content": "Let me think.", "weight": 0},
+        {"role": "user", "content": "Go on."},
+    ]
+    content = "\ufeff" + "\n\n".join(json.dumps(line) for line in lines) + "\n"
+    uploaded = client.files.create(
+        file=("train.jsonl", io.BytesIO(content.encode())), purpose="fine-tune"
+    )
+    assert uploaded.status == "processed"
+    done = wait_for(client, create_job(client, uploaded.id).id, TERMINAL)
+    assert done.status == "succeeded", done.error
+
+
+def test_a_bad_line_is_named_by_its_example_and_line(
+    client: openai.OpenAI, worker: WorkerProcess
+) -> None:
+    # Uploaded before the schema was shared (or by a store written by hand), the worker still
+    # refuses it with the upload's own words, once: "Example 2 (line 3): messages[1]...".
+    lines = chat_jsonl(12).decode().splitlines()
+    lines[1] = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]})
+    lines.insert(1, "")
+    file_id = upload(client, chat_jsonl(12))
+    server_file = worker.settings.resolved_storage_dir
+    stored = next(p for p in server_file.rglob("*") if p.is_file() and file_id in p.name)
+    stored.write_text("\n".join(lines) + "\n")
+    done = wait_for(client, create_job(client, file_id).id, TERMINAL)
+    assert done.status == "failed"
+    assert done.error.code == "invalid_training_file"
+    assert done.error.message == (
+        "Invalid file format. Example 2 (line 3): messages[1].content: missing"
+    )
+
+
 def test_example_longer_than_context_is_named(client: openai.OpenAI, worker: WorkerProcess) -> None:
     lines = chat_jsonl(12).decode().splitlines()
     long_answer = " ".join(["word"] * 5000)

@@ -3,9 +3,9 @@
 The worker adapts it to Celery and the database; ``python -m worker.training --config cfg.json``
 runs it alone and prints JSON lines.
 
-torch and transformers take seconds to import, and the API process only needs the model
-registry and the config types, so the names from ``data`` and ``sft`` are imported on first use
-(PEP 562 module ``__getattr__``) rather than here.
+The base-model registry, chat rendering and the hyperparameter ranges it shares with the API live
+in ``tuna_core``.  torch and transformers take seconds to import, so the names from ``data`` and
+``sft`` are imported on first use (PEP 562 module ``__getattr__``) rather than here.
 """
 
 from __future__ import annotations
@@ -13,13 +13,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from worker.training.base_models import (
-    BASE_MODELS,
-    BaseModelInfo,
-    UnknownBaseModel,
-    list_base_models,
-    resolve_base_model,
-)
 from worker.training.callbacks import NullCallbacks, PrintCallbacks, TrainingCallbacks
 from worker.training.config import ResolvedHyperparameters, TrainingConfig, resolve_hyperparameters
 
@@ -44,8 +37,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "BASE_MODELS",
-    "BaseModelInfo",
     "DataProblem",
     "DataReport",
     "ExampleTooLong",
@@ -59,9 +50,6 @@ __all__ = [
     "TrainingError",
     "TrainingPaused",
     "TrainingResult",
-    "UnknownBaseModel",
-    "list_base_models",
-    "resolve_base_model",
     "resolve_hyperparameters",
     "train",
     "validate_examples",

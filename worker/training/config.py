@@ -11,19 +11,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-TrainingType = Literal["lora", "full"]
-Device = Literal["auto", "cpu", "cuda"]
+from tuna_core import hyperparameters as hp
+from tuna_core.devices import DEVICES, Device
+from tuna_core.hyperparameters import BATCH_SIZE_RANGE, Precision, TrainingType
+
 Compile = Literal["auto", "on", "off"]
-Precision = Literal["auto", "float32", "bf16"]
+COMPILE_CHOICES: tuple[str, ...] = get_args(Compile)
 
 # Peak learning rates before the multiplier.  LoRA adapters start at zero and need a large step;
 # full fine-tuning moves every pretrained weight, so an order of magnitude less keeps it stable.
 BASE_LEARNING_RATE: dict[str, float] = {"lora": 2e-4, "full": 2e-5}
-
-# OpenAI's published bounds; the API checks them too, the engine re-checks because it can be run
-# alone from a JSON file.
-N_EPOCHS_RANGE = (1, 50)
-BATCH_SIZE_RANGE = (1, 256)
 
 _PATH_FIELDS = ("model_cache_dir", "training_file", "validation_file", "output_dir")
 
@@ -32,9 +29,9 @@ _PATH_FIELDS = ("model_cache_dir", "training_file", "validation_file", "output_d
 class TrainingConfig:
     """Everything one training run needs.  ``None`` hyperparameters mean "auto".
 
-    Defaults worth knowing: LoRA rank 8 / alpha 16 (scale 2) with no dropout, on every attention
-    and MLP projection: small enough to train fast on a CPU, and dropout 0 keeps runs exactly
-    reproducible.  Warmup is 3% of steps, then cosine decay to ``min_lr_ratio`` of the peak.
+    Defaults worth knowing: LoRA on every attention and MLP projection with the rank, alpha and
+    dropout of `tuna_core.hyperparameters`.  Warmup is 3% of steps, then cosine decay to
+    ``min_lr_ratio`` of the peak.
     """
 
     base_model: str
@@ -43,13 +40,13 @@ class TrainingConfig:
     output_dir: Path
     local_models: dict[str, Path] = field(default_factory=dict)
     validation_file: Path | None = None
-    training_type: TrainingType = "lora"
+    training_type: TrainingType = hp.EXTENSION_DEFAULTS["training_type"]
     n_epochs: int | None = None
     batch_size: int | None = None
     learning_rate_multiplier: float | None = None
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    lora_rank: int = hp.EXTENSION_DEFAULTS["lora_rank"]
+    lora_alpha: int = hp.EXTENSION_DEFAULTS["lora_alpha"]
+    lora_dropout: float = hp.EXTENSION_DEFAULTS["lora_dropout"]
     seed: int = 0
     max_seq_len: int | None = None  # None: the base model's context length
     warmup_ratio: float = 0.03
@@ -83,27 +80,15 @@ class TrainingConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range field."""
-        if self.training_type not in ("lora", "full"):
-            raise ValueError(f"training_type must be 'lora' or 'full', not {self.training_type!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if self.compile not in ("auto", "on", "off"):
+        for key in hp.KNOWN_KEYS:
+            value = getattr(self, key)
+            if value is not None:  # None: "auto", chosen from the data
+                hp.check_value(key, value, auto=False)
+        hp.check_precision(self.precision)
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"compile must be auto, on or off, not {self.compile!r}")
-        if self.precision not in get_args(Precision):
-            raise ValueError(f"precision must be auto, float32 or bf16, not {self.precision!r}")
-        if (
-            self.n_epochs is not None
-            and not N_EPOCHS_RANGE[0] <= self.n_epochs <= N_EPOCHS_RANGE[1]
-        ):
-            raise ValueError(f"n_epochs must be in {N_EPOCHS_RANGE}, not {self.n_epochs}")
-        if self.batch_size is not None and not (
-            BATCH_SIZE_RANGE[0] <= self.batch_size <= BATCH_SIZE_RANGE[1]
-        ):
-            raise ValueError(f"batch_size must be in {BATCH_SIZE_RANGE}, not {self.batch_size}")
-        if self.learning_rate_multiplier is not None and not self.learning_rate_multiplier > 0:
-            raise ValueError("learning_rate_multiplier must be > 0")
-        if self.lora_rank < 1 or self.lora_alpha < 1 or not 0 <= self.lora_dropout < 1:
-            raise ValueError("lora_rank and lora_alpha must be >= 1 and lora_dropout in [0, 1)")
         if self.max_seq_len is not None and self.max_seq_len < 8:
             raise ValueError("max_seq_len must be at least 8")
         if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:

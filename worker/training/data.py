@@ -1,24 +1,17 @@
-"""Training data: parse JSONL, tokenize with the chat template, mask labels, pack, order.
+"""Training data: read JSONL, tokenize with the chat template, mask labels, pack, order.
 
 What must hold:
 
+* A line is checked by `tuna_core.dataset.LineChecker`, the schema the upload validated it
+  with: a file the upload accepted has no line the worker refuses, and each problem's message
+  is the one the upload gives for that line.  Checking goes on past a bad line, as the upload's.
+  The file's format decides the method: chat and prompt/completion examples train supervised,
+  preference examples are checked but not tokenized here (`DataReport.format` tells).
 * Only assistant tokens are trained (label = token id); every other token's label is -100.
-  An assistant message with ``"weight": 0`` is context only: its tokens get -100 too.
-* Each assistant message's span is found by rendering the conversation prefix by prefix: the text
-  of ``messages[:i]`` with the generation prompt is a prefix of the text of ``messages[:i+1]``, and
-  what lies between is what the model must produce for message ``i`` (its content and the
-  template's end-of-turn marker, e.g. ``Paris.<|im_end|>\\n`` for ChatML).  This works for any
-  template that renders prefixes stably, without relying on ``{% generation %}`` markers; a
-  template that does not is reported as an invalid example rather than silently mis-masked.
-  The full text is tokenized once and each token is labelled by where its characters start.
-  ChatML, which renders prefix by prefix by construction, is rendered once with its spans.
+  An assistant message with ``"weight": 0`` is context only: its tokens get -100 too.  Where
+  each trained message lies in the text is `tuna_core.chat_template.render_training_chat`'s
+  job; the full text is tokenized once and each token is labelled by where its characters start.
 * A loaded example is its ids (an int32 array) and its trained token spans, not per-token lists.
-* Text that is not valid Unicode (an unpaired surrogate, which JSON can escape) is the example's
-  problem, never the whole batch's: the Rust tokenizer refuses a batch holding one.
-* Rendering gives ``apply_chat_template``'s text byte for byte without its per-call overhead, as
-  every chat is rendered two or more times: the bundled ChatML template in plain Python, any
-  other through transformers' compiled jinja template directly (``_ChatRenderer``); tools and
-  anything unusual still go through ``apply_chat_template``.
 * Legacy ``{"prompt", "completion"}`` examples are plain text: prompt tokens masked, completion
   tokens plus EOS trained.
 * A file is read as a stream, ``TOKENIZE_CHUNK`` examples at a time: the chats of a chunk are
@@ -42,26 +35,34 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import functools
 import gc
-import json
 import random
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.training.base_models import CHATML_DEFAULT_SYSTEM, CHATML_TEMPLATE
+from tuna_core.chat_template import RenderedChat, render_training_chat
+from tuna_core.dataset import (
+    METHOD_FORMATS,
+    DatasetFormat,
+    ExampleError,
+    LineChecker,
+    check_example,
+)
 
 IGNORE_INDEX = -100
-ROLES = frozenset({"system", "user", "assistant", "tool"})
-_MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "tool_calls", "tool_call_id"})
-_REFUSAL_KEYS = frozenset({"refusal", "function_call", "audio"})
-_KNOWN_MESSAGE_KEYS = _MESSAGE_KEYS | _REFUSAL_KEYS
 # Examples per batched tokenizer call: enough to keep every core busy, few enough to bound memory.
 TOKENIZE_CHUNK = 1000
+#: What this module trains on: supervised fine-tuning's formats.
+SUPERVISED_FORMATS = METHOD_FORMATS["supervised"]
+
+
+def _where(example_number: int, line: int) -> str:
+    """ "Example 3", or "Example 3 (line 5)" where blank lines put the two apart."""
+    return f"Example {example_number}" + (f" (line {line})" if line != example_number else "")
 
 
 class InvalidExample(ValueError):
@@ -69,10 +70,15 @@ class InvalidExample(ValueError):
 
     code = "invalid_format"
 
-    def __init__(self, example_number: int, message: str) -> None:
-        super().__init__(f"Example {example_number}: {message}")
+    def __init__(
+        self, example_number: int, reason: str, *, line: int | None = None, code: str | None = None
+    ) -> None:
         self.example_number = example_number
-        self.reason = message
+        self.line = example_number if line is None else line
+        self.reason = reason
+        if code is not None:
+            self.code = code
+        super().__init__(f"{_where(example_number, self.line)}: {reason}")
 
 
 class ExampleTooLong(InvalidExample):
@@ -149,8 +155,13 @@ class TokenizedExample:
 @dataclass(frozen=True)
 class DataProblem:
     example_number: int  # 1-based, counting non-blank lines
-    code: str  # invalid_format | example_too_long | no_trainable_tokens
-    message: str
+    line: int  # 1-based line of the file
+    code: str  # invalid_format | example_too_long | no_trainable_tokens | unsupported
+    reason: str  # what is wrong, e.g. "messages[1].content: missing"
+
+    @property
+    def message(self) -> str:
+        return f"{_where(self.example_number, self.line)}: {self.reason}"
 
 
 @dataclass
@@ -158,6 +169,8 @@ class DataReport:
     n_examples: int
     n_tokens: int
     problems: list[DataProblem] = field(default_factory=list)
+    # The file's format (that of its first valid line); only supervised formats are tokenized.
+    format: DatasetFormat | None = None
     # Every example, tokenized, when asked for and the file has no problems: training can start
     # from them instead of tokenizing the file a second time.
     examples: list[TokenizedExample] | None = None
@@ -168,434 +181,7 @@ class DataReport:
 
 
 # --------------------------------------------------------------------------------------------
-# Parsing and rendering
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (example number, parsed JSON) for each non-blank line; bad JSON -> InvalidExample."""
-    with Path(path).open("rb") as fh:
-        number = 0
-        for raw in fh:
-            if not raw.strip():
-                continue
-            number += 1
-            try:
-                yield number, json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise InvalidExample(number, "is not valid UTF-8") from None
-            except json.JSONDecodeError as exc:
-                raise InvalidExample(number, f"is not valid JSON ({exc.msg})") from None
-
-
-def _text_content(content: Any, where: str) -> str:
-    """Message content as text: a string, or OpenAI's list of ``{"type":"text"}`` parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text"):
-                raise ValueError(f"{where} has a content part that is not text")
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    raise ValueError(f"{where} content must be a string")
-
-
-def unpaired_surrogate(text: str) -> str | None:
-    """Why ``text`` is not valid Unicode text (``"unpaired surrogate \\ud800 at character 4"``),
-    or None.  JSON can escape an unpaired UTF-16 surrogate (``"\\ud800"``) and Python decodes it,
-    but it is not a character, has no UTF-8 encoding, and no tokenizer takes it."""
-    if text.isascii():  # constant time: CPython marks ASCII strings
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        surrogate = text[exc.start].encode("unicode_escape").decode()
-        return f"unpaired surrogate {surrogate} at character {exc.start + 1}"
-    return None
-
-
-def _check_text(text: str, where: str) -> None:
-    problem = unpaired_surrogate(text)
-    if problem is not None:
-        raise ValueError(f"{where} has an {problem}, which is not valid Unicode text")
-
-
-def _tool_calls_as_text(tool_calls: Any, where: str) -> str:
-    """Hermes-style ``<tool_call>`` blocks, for templates that have no tool-call syntax."""
-    if not isinstance(tool_calls, list):
-        raise ValueError(f"{where} tool_calls must be a list")
-    blocks = []
-    for call in tool_calls:
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or "name" not in function:
-            raise ValueError(f"{where} has a tool call without function.name")
-        arguments = function.get("arguments", {})
-        if isinstance(arguments, str):
-            with contextlib.suppress(json.JSONDecodeError):
-                arguments = json.loads(arguments)
-        call_json = json.dumps({"name": function["name"], "arguments": arguments})
-        blocks.append(f"<tool_call>\n{call_json}\n</tool_call>")
-    return "\n".join(blocks)
-
-
-@functools.lru_cache(maxsize=16)
-def _tool_syntax(template: str) -> tuple[bool, bool]:
-    """Whether ``template`` renders tool calls and tool definitions itself."""
-    return "tool_calls" in template, "tools" in template.replace("tool_calls", "")
-
-
-def prepare_chat(
-    messages: Any, tools: Any = None, template: str | None = None
-) -> tuple[list[dict[str, Any]], list[int], list[dict[str, Any]] | None]:
-    """Check OpenAI chat messages and shape them for ``template`` (raises ValueError).
-
-    Inference must render prompts through this same function so a fine-tuned model sees the same
-    text at serving time as in training.  Templates that know nothing of tools (SmolLM2's) get
-    tool calls as ``<tool_call>`` text in the assistant content and tool definitions in the system
-    message.
-    """
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("'messages' must be a non-empty list")
-    native_tool_calls, native_tools = _tool_syntax(template or "")
-    out: list[dict[str, Any]] = []
-    weights: list[int] = []
-    for index, message in enumerate(messages, start=1):
-        where = f"message {index}"
-        if not isinstance(message, dict):
-            raise ValueError(f"{where} is not an object")
-        role = message.get("role")
-        if role not in ROLES:
-            raise ValueError(f"{where} has unknown role {role!r}")
-        if not message.keys() <= _KNOWN_MESSAGE_KEYS:
-            unknown = ", ".join(sorted(message.keys() - _KNOWN_MESSAGE_KEYS))
-            raise ValueError(f"{where} has unknown key(s) {unknown}")
-        weight = message.get("weight", 1)
-        if "weight" in message and role != "assistant":
-            raise ValueError(f"{where}: only assistant messages may carry a weight")
-        if weight not in (0, 1) or isinstance(weight, bool):
-            raise ValueError(f"{where} weight must be 0 or 1")
-        tool_calls = message.get("tool_calls")
-        if tool_calls and role != "assistant":
-            raise ValueError(f"{where}: only assistant messages may have tool_calls")
-        content = message.get("content")
-        if content is None and not tool_calls:
-            raise ValueError(f"{where} is missing content")
-        text = "" if content is None else _text_content(content, where)
-        _check_text(text, f"{where} content")
-        shaped: dict[str, Any] = {"role": role, "content": text}
-        if tool_calls and native_tool_calls:
-            shaped["tool_calls"] = tool_calls
-        elif tool_calls:
-            calls = _tool_calls_as_text(tool_calls, where)
-            shaped["content"] = f"{text}\n{calls}" if text else calls
-        for key in ("name", "tool_call_id"):
-            if key in message and native_tool_calls:
-                shaped[key] = message[key]
-        out.append(shaped)
-        weights.append(int(weight) if role == "assistant" else 0)
-    if tools is not None and not isinstance(tools, list):
-        raise ValueError("'tools' must be a list")
-    if tools and not native_tools:
-        listing = "\n".join(json.dumps(tool) for tool in tools)
-        note = f"You have access to the following tools:\n<tools>\n{listing}\n</tools>"
-        if out[0]["role"] == "system":
-            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{note}"}
-        else:
-            out.insert(0, {"role": "system", "content": note})
-            weights.insert(0, 0)
-        tools = None
-    return out, weights, tools or None
-
-
-def _apply_chat_template(
-    tokenizer: Any,
-    messages: list[dict[str, Any]],
-    tools: list[dict[str, Any]] | None,
-    add_generation_prompt: bool,
-) -> str:
-    """The chat template's text through transformers' public call: the reference rendering."""
-    kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
-    if tools:
-        kwargs["tools"] = tools
-    text = tokenizer.apply_chat_template(messages, **kwargs)
-    if not isinstance(text, str):  # some versions wrap single renders in a list
-        text = text[0]
-    return text
-
-
-# Rendering without apply_chat_template.  ``apply_chat_template(..., tokenize=False)`` cleans the
-# messages and the tokenizer's special tokens (``bos_token``, ...) and renders its compiled jinja
-# template with them; about half of its time goes to that cleaning and to lookups it repeats on
-# every call, and the engine renders every chat two or more times (the whole chat, and the
-# prefixes that locate each trained message).  The functions below give the same text, byte for
-# byte: the messages are cleaned the same way once per chat, and the template is rendered
-# directly, or in plain Python for the ChatML template every bundled base uses.  Whatever they do
-# not cover (tools, a tokenizer with several templates, unusual messages, an empty prefix, a
-# transformers without the helpers) goes through apply_chat_template.
-
-_Render = Callable[[list[dict[str, Any]], bool], str]  # (messages, add_generation_prompt) -> text
-
-
-@functools.cache
-def _template_utils() -> Any:
-    """transformers' chat-template helpers, or None in a version without them.
-
-    They are private: ``_compile_jinja_template`` (the compiled template apply_chat_template
-    renders, cached by transformers) and ``_plain_template_data`` (how it cleans what the template
-    sees).  tests/worker/training/test_render.py checks the direct path against
-    apply_chat_template, so a transformers that changes either shows up there.
-    """
-    try:
-        from transformers.utils import chat_template_utils
-    except ImportError:
-        return None
-    needed = ("_compile_jinja_template", "_plain_template_data")
-    return chat_template_utils if all(hasattr(chat_template_utils, n) for n in needed) else None
-
-
-@dataclass(frozen=True)
-class _CompiledTemplate:
-    """A chat template as transformers compiles it, rendered the way ``Template.render`` does.
-
-    ``Template.render`` merges the environment's globals into every render's variables through a
-    ``ChainMap``, a third of a short chat's render; they are flattened once here instead.
-    """
-
-    template: Any  # jinja2.Template, compiled in transformers' sandboxed environment
-    globals: dict[str, Any]
-
-    def render(self, variables: dict[str, Any]) -> str:
-        from jinja2.runtime import new_context
-
-        template, environment = self.template, self.template.environment
-        context = new_context(
-            environment,
-            template.name,
-            template.blocks,
-            {**self.globals, **variables},  # as Template.new_context: variables win
-            shared=True,
-            globals=self.globals,
-        )
-        try:
-            return environment.concat(template.root_render_func(context))
-        except Exception:
-            environment.handle_exception()  # re-raises, as Template.render does
-            raise  # not reached
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled_template(template: str) -> _CompiledTemplate | None:
-    """``template`` compiled as apply_chat_template compiles it, or None where it cannot be."""
-    utils = _template_utils()
-    if utils is None:
-        return None
-    compiled = utils._compile_jinja_template(template)
-    if compiled.environment.is_async:
-        return None
-    return _CompiledTemplate(compiled, dict(compiled.globals))
-
-
-_CHATML_DEFAULT_SYSTEM = f"<|im_start|>system\n{CHATML_DEFAULT_SYSTEM}<|im_end|>\n"
-
-
-def _render_chatml(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-    """``CHATML_TEMPLATE`` (see base_models) in Python, for messages whose role and content are
-    strings (``_chatml_renders``); the jinja render costs ten times more, most of it the sandbox
-    checking every attribute the template reads.
-
-        {% for message in messages %}
-          {% if loop.first and messages[0]['role'] != 'system' %}<default system message>{% endif %}
-          {{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}
-        {% endfor %}
-        {% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}
-    """
-    parts = [] if messages[0]["role"] == "system" else [_CHATML_DEFAULT_SYSTEM]
-    parts += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
-    if add_generation_prompt:
-        parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
-
-
-def _render_chatml_training(messages: list[dict[str, Any]], weights: list[int]) -> RenderedChat:
-    """``_render_chatml`` of a whole chat with the spans of its trained assistant messages, in
-    one pass: ChatML renders a chat prefix by prefix, so each message's span is where its text
-    lands, the same that ``_assistant_char_spans`` finds rendering every prefix again."""
-    parts = [] if messages[0]["role"] == "system" else [_CHATML_DEFAULT_SYSTEM]
-    end = len(parts[0]) if parts else 0
-    spans = []
-    for message, weight in zip(messages, weights, strict=True):
-        header = f"<|im_start|>{message['role']}\n"
-        body = f"{message['content']}<|im_end|>\n"
-        start, end = end + len(header), end + len(header) + len(body)
-        if weight:  # only assistant messages carry one
-            spans.append((start, end))
-        parts += (header, body)
-    return RenderedChat("".join(parts), spans)
-
-
-def _chatml_renders(messages: list[dict[str, Any]]) -> bool:
-    """Whether ``_render_chatml`` gives the template's text for ``messages`` as they are.
-
-    The template reads nothing but each message's role and content, which apply_chat_template's
-    cleaning (``_template_messages``) leaves as they are when they are strings; on anything else
-    (a missing content) the jinja render fails, and so is left to give its own error.
-    """
-    return all(
-        type(m) is dict and type(m.get("role")) is str and type(m.get("content")) is str
-        for m in messages
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _is_chatml(template: str) -> bool:
-    """Whether ``template`` is ``CHATML_TEMPLATE``, however its string literals are written.
-
-    Tokenizer files carry it with real newlines inside the quotes, base_models with ``\\n``; the
-    two parse to the same syntax tree (jinja nodes compare by their fields, not positions).
-    """
-    compiled = _compiled_template(template)
-    if compiled is None:
-        return False
-    parse = compiled.template.environment.parse
-    return bool(parse(template) == parse(CHATML_TEMPLATE))
-
-
-# The message keys ``prepare_chat`` hands a template; a message with any other key (reasoning,
-# which apply_chat_template renames) is rendered by apply_chat_template itself.
-_TEMPLATE_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
-
-
-def _template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """``messages`` exactly as apply_chat_template hands them to the template, or None if unusual.
-
-    It drops the keys whose value is None and rebuilds every value from plain JSON types
-    (``_plain_template_data``); a plain ``str`` comes out as itself, so only the rest (tool
-    calls) needs that copy, which was most of its cost.
-    """
-    utils = _template_utils()
-    if utils is None:
-        return None
-    out = []
-    for message in messages:
-        if type(message) is not dict or not message.keys() <= _TEMPLATE_MESSAGE_KEYS:
-            return None
-        out.append(
-            {
-                key: value if type(value) is str else utils._plain_template_data(value)
-                for key, value in message.items()
-                if value is not None
-            }
-        )
-    return out
-
-
-def _jinja_render(tokenizer: Any, template: str) -> _Render | None:
-    """How to render cleaned messages with ``template`` directly, or None where it cannot be."""
-    compiled = _compiled_template(template)
-    if compiled is None:
-        return None
-    utils = _template_utils()
-    variables = {
-        "tools": None,
-        "documents": None,
-        **utils._plain_template_data(tokenizer.special_tokens_map),
-    }
-
-    def render(prefix: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        return compiled.render(
-            {"messages": prefix, "add_generation_prompt": add_generation_prompt, **variables}
-        )
-
-    return render
-
-
-class _ChatRenderer:
-    """Renders the prefixes of one prepared chat, byte for byte as ``apply_chat_template``."""
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None = None,
-    ) -> None:
-        self.tokenizer, self.messages, self.tools = tokenizer, messages, tools
-        # With a direct render: the messages as the template sees them, and how to render them.
-        self.cleaned: list[dict[str, Any]] = []
-        self.direct: _Render | None = None
-        template = getattr(tokenizer, "chat_template", None)
-        if tools or not isinstance(template, str):
-            return
-        if _is_chatml(template) and _chatml_renders(messages):
-            self.cleaned, self.direct = messages, _render_chatml
-            return
-        cleaned = _template_messages(messages)
-        if cleaned is not None:
-            self.cleaned, self.direct = cleaned, _jinja_render(tokenizer, template)
-
-    def render(self, n_messages: int, add_generation_prompt: bool = False) -> str:
-        """The text of the first ``n_messages`` messages."""
-        if self.direct is None or n_messages == 0:  # an empty chat: transformers' own error
-            messages = self.messages[:n_messages]
-            return _apply_chat_template(self.tokenizer, messages, self.tools, add_generation_prompt)
-        return self.direct(self.cleaned[:n_messages], add_generation_prompt)
-
-
-def render_chat(
-    tokenizer: Any,
-    messages: list[dict[str, Any]],
-    tools: list[dict[str, Any]] | None = None,
-    add_generation_prompt: bool = False,
-) -> str:
-    """The chat template's text for prepared ``messages`` (see ``prepare_chat``)."""
-    return _ChatRenderer(tokenizer, messages, tools).render(len(messages), add_generation_prompt)
-
-
-def _assistant_char_spans(
-    chat: _ChatRenderer, weights: list[int], full: str
-) -> list[tuple[int, int]]:
-    """Character spans of ``full`` that trained assistant messages produce."""
-    spans = []
-    for i, message in enumerate(chat.messages):
-        if message["role"] != "assistant" or not weights[i]:
-            continue
-        before = chat.render(i, add_generation_prompt=True)
-        last = i == len(chat.messages) - 1  # then the prefix is the whole chat, rendered already
-        through = full if last else chat.render(i + 1)
-        if not (through.startswith(before) and full.startswith(through)):
-            raise ValueError(
-                f"message {i + 1}: the chat template does not render this conversation "
-                "prefix by prefix, so its assistant tokens cannot be located"
-            )
-        spans.append((len(before), len(through)))
-    return spans
-
-
-@dataclass(frozen=True)
-class RenderedChat:
-    """A chat example as the template's text and the character spans of its trained messages."""
-
-    text: str
-    spans: list[tuple[int, int]]
-
-
-def render_training_chat(tokenizer: Any, example: dict[str, Any]) -> RenderedChat:
-    """Render one ``{"messages": [...]}`` example and locate its trained spans (ValueError)."""
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
-        raise ValueError("the tokenizer has no chat template")
-    messages, weights, tools = prepare_chat(example["messages"], example.get("tools"), template)
-    if not any(m["role"] == "assistant" for m in messages):
-        raise ValueError("has no assistant message")
-    # ChatML reads each message's role and content, which prepare_chat leaves strings.  A chat
-    # that opens with a trained answer has no prefix to render: the general path gives
-    # transformers' error for it.
-    if not tools and isinstance(template, str) and _is_chatml(template) and not weights[0]:
-        return _render_chatml_training(messages, weights)
-    chat = _ChatRenderer(tokenizer, messages, tools)
-    full = chat.render(len(messages))
-    _check_text(full, "the rendered chat")  # names and ids not checked above
-    return RenderedChat(full, _assistant_char_spans(chat, weights, full))
+# Tokenizing
 
 
 def _first_token_from(encoding: Any, char: int) -> int:
@@ -655,19 +241,14 @@ def tokenize_rendered(tokenizer: Any, chats: Sequence[RenderedChat]) -> list[Tok
 
 
 def tokenize_chat(tokenizer: Any, example: dict[str, Any]) -> TokenizedExample:
-    """Tokenize one ``{"messages": [...]}`` example with assistant-only labels (ValueError)."""
+    """Tokenize one checked ``{"messages": [...]}`` example with assistant-only labels."""
     return tokenize_rendered(tokenizer, [render_training_chat(tokenizer, example)])[0]
 
 
 def tokenize_legacy(tokenizer: Any, example: dict[str, Any]) -> TokenizedExample:
     """``{"prompt", "completion"}``: plain text, prompt masked, completion + EOS trained."""
-    prompt, completion = example.get("prompt"), example.get("completion")
-    if not isinstance(prompt, str) or not isinstance(completion, str):
-        raise ValueError("'prompt' and 'completion' must be strings")
-    _check_text(prompt, "'prompt'")
-    _check_text(completion, "'completion'")
-    prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    prompt_ids = list(tokenizer(example["prompt"], add_special_tokens=True)["input_ids"])
+    completion_ids = list(tokenizer(example["completion"], add_special_tokens=False)["input_ids"])
     if tokenizer.eos_token_id is not None:
         completion_ids.append(tokenizer.eos_token_id)
     n_tokens = len(prompt_ids) + len(completion_ids)
@@ -675,100 +256,123 @@ def tokenize_legacy(tokenizer: Any, example: dict[str, Any]) -> TokenizedExample
     return TokenizedExample(token_ids(prompt_ids + completion_ids), trained)
 
 
-def _is_chat(example: Any) -> bool:
-    """True for a chat example, False for a legacy one; ValueError for neither."""
-    if not isinstance(example, dict):
-        raise ValueError("is not a JSON object")
-    if "messages" in example:
-        unknown = set(example) - {"messages", "tools", "parallel_tool_calls", "functions"}
-        if unknown:
-            raise ValueError(f"has unknown key(s) {', '.join(sorted(unknown))}")
-        return True
-    if "prompt" in example and "completion" in example:
-        return False
-    raise ValueError("must have 'messages' (chat) or 'prompt' and 'completion' (legacy)")
-
-
 def tokenize_example(tokenizer: Any, example: Any) -> TokenizedExample:
-    """Dispatch on the example's shape; raises ValueError with a readable reason."""
-    if _is_chat(example):
+    """Check one example (ExampleError, a ValueError) and tokenize it by its format."""
+    fmt = check_example(example)
+    if fmt is DatasetFormat.CHAT:
         return tokenize_chat(tokenizer, example)
-    return tokenize_legacy(tokenizer, example)
+    if fmt is DatasetFormat.COMPLETION:
+        return tokenize_legacy(tokenizer, example)
+    raise ValueError(f"a {fmt} example is not trained by supervised fine-tuning")
 
 
-def _problem(number: int, example: TokenizedExample, max_seq_len: int) -> InvalidExample | None:
+def _problem(
+    number: int, line: int, example: TokenizedExample, max_seq_len: int
+) -> InvalidExample | None:
     if example.n_tokens > max_seq_len:
         return ExampleTooLong(
-            number, f"has {example.n_tokens} tokens, more than the context of {max_seq_len}"
+            number,
+            f"has {example.n_tokens} tokens, more than the context of {max_seq_len}",
+            line=line,
         )
-    if example.n_trainable == 0:
-        return NoTrainableTokens(
-            number, "has no trainable tokens (every assistant message has weight 0)"
-        )
+    if example.n_trainable == 0:  # the schema asks for a trained message; its text may be empty
+        return NoTrainableTokens(number, "has no trainable tokens", line=line)
     return None
 
 
-# An example on its way through the pipeline: a rendered chat, a legacy example or the reason
-# it cannot be trained on; once through the tokenizer, a chat's Rust encoding takes its place
-# and a legacy example is a TokenizedExample.
-_Pending = RenderedChat | dict[str, Any] | InvalidExample
+class _NotSupervised:
+    """A valid example of a format supervised fine-tuning does not train (preference data)."""
+
+
+_NOT_SUPERVISED = _NotSupervised()
+
+# An example on its way through the pipeline: a rendered chat, a legacy example, the reason it
+# cannot be trained on, or a valid example of another method; once through the tokenizer, a
+# chat's Rust encoding takes its place and a legacy example is a TokenizedExample.
+_Pending = RenderedChat | dict[str, Any] | InvalidExample | _NotSupervised
+_Entry = tuple[int, int, _Pending]  # (example number, line, pending)
 _Encoded = Any
-_Checked = tuple[int, TokenizedExample | InvalidExample]  # (example number, example or problem)
+# (example number, line, the example or its problem, or None for another method's example)
+_Checked = tuple[int, int, TokenizedExample | InvalidExample | None]
 
 
-def _rendered_chunks(path: Path, tokenizer: Any) -> Iterator[list[tuple[int, _Pending]]]:
-    """The examples of ``path`` in chunks of ``TOKENIZE_CHUNK``, chats rendered.
+class _Lines:
+    """The examples of a file, each checked as the upload checked it (`LineChecker`)."""
 
-    An unreadable line ends the last chunk: later lines cannot be trusted.
-    """
-    chunk: list[tuple[int, _Pending]] = []
-    try:
-        for number, raw in read_jsonl(path):
-            try:
-                pending = render_training_chat(tokenizer, raw) if _is_chat(raw) else raw
-            except ValueError as exc:
-                pending = InvalidExample(number, str(exc))
-            chunk.append((number, pending))
-            if len(chunk) == TOKENIZE_CHUNK:
-                yield chunk
-                chunk = []
-    except InvalidExample as exc:
-        chunk.append((exc.example_number, exc))
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.checker = LineChecker()
+
+    @property
+    def format(self) -> DatasetFormat | None:
+        return self.checker.format
+
+    def pending(self, tokenizer: Any) -> Iterator[_Entry]:
+        checker = self.checker
+        with self.path.open("rb") as fh:
+            for line, raw in enumerate(fh, start=1):
+                try:
+                    example = checker.check(line, raw)
+                except ExampleError as exc:
+                    number = checker.example_count
+                    yield number, line, InvalidExample(number, str(exc), line=line, code=exc.code)
+                    continue
+                if example is None:
+                    continue  # a blank line
+                number = checker.example_count
+                if example.format is DatasetFormat.CHAT:
+                    try:
+                        yield number, line, render_training_chat(tokenizer, example.data)
+                    except ValueError as exc:  # the template cannot render it
+                        yield number, line, InvalidExample(number, str(exc), line=line)
+                elif example.format is DatasetFormat.COMPLETION:
+                    yield number, line, example.data
+                else:
+                    yield number, line, _NOT_SUPERVISED
+
+
+def _rendered_chunks(lines: _Lines, tokenizer: Any) -> Iterator[list[_Entry]]:
+    """The examples of a file in chunks of ``TOKENIZE_CHUNK``, chats rendered."""
+    chunk: list[_Entry] = []
+    for entry in lines.pending(tokenizer):
+        chunk.append(entry)
+        if len(chunk) == TOKENIZE_CHUNK:
+            yield chunk
+            chunk = []
     if chunk:
         yield chunk
 
 
-def _encode_chunk(tokenizer: Any, chunk: list[tuple[int, _Pending]]) -> list[_Encoded]:
+def _encode_chunk(tokenizer: Any, chunk: list[_Entry]) -> list[_Encoded]:
     """The tokenizer's share of a chunk: chats in one batched call, legacy examples one by one."""
-    chats = [pending.text for _, pending in chunk if isinstance(pending, RenderedChat)]
+    chats = [pending.text for _, _, pending in chunk if isinstance(pending, RenderedChat)]
     encodings = iter(_encode_batch(tokenizer, chats))
     encoded: list[_Encoded] = []
-    for number, pending in chunk:
+    for _, _, pending in chunk:
         if isinstance(pending, RenderedChat):
             encoded.append(next(encodings))
         elif isinstance(pending, dict):
-            try:
-                encoded.append(tokenize_legacy(tokenizer, pending))
-            except ValueError as exc:
-                encoded.append(InvalidExample(number, str(exc)))
+            encoded.append(tokenize_legacy(tokenizer, pending))
         else:
             encoded.append(pending)
     return encoded
 
 
 def _checked_chunk(
-    chunk: list[tuple[int, _Pending]], encoded: Future[list[_Encoded]], max_seq_len: int
+    chunk: list[_Entry], encoded: Future[list[_Encoded]], max_seq_len: int
 ) -> Iterator[_Checked]:
-    for (number, pending), result in zip(chunk, encoded.result(), strict=True):
+    for (number, line, pending), result in zip(chunk, encoded.result(), strict=True):
         if isinstance(pending, RenderedChat):
             result = _labelled(result, pending.spans)
         if isinstance(result, TokenizedExample):
-            result = _problem(number, result, max_seq_len) or result
-        yield number, result
+            result = _problem(number, line, result, max_seq_len) or result
+        elif isinstance(result, _NotSupervised):
+            result = None
+        yield number, line, result
 
 
-def _checked_examples(path: Path, tokenizer: Any, max_seq_len: int) -> Iterator[_Checked]:
-    """Every example of ``path`` in order, tokenized and checked, or its problem.
+def _checked_examples(lines: _Lines, tokenizer: Any, max_seq_len: int) -> Iterator[_Checked]:
+    """Every example of the file in order, tokenized and checked, or its problem.
 
     The tokenizer works on one chunk on a second thread while this one renders the next chunk
     and labels the previous one: the batched call runs in Rust threads on all cores with the
@@ -778,8 +382,8 @@ def _checked_examples(path: Path, tokenizer: Any, max_seq_len: int) -> Iterator[
     another thread encodes with it.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as tokenizer_thread:
-        previous: tuple[list[tuple[int, _Pending]], Future[list[_Encoded]]] | None = None
-        for chunk in _rendered_chunks(path, tokenizer):
+        previous: tuple[list[_Entry], Future[list[_Encoded]]] | None = None
+        for chunk in _rendered_chunks(lines, tokenizer):
             encoded = tokenizer_thread.submit(_encode_chunk, tokenizer, chunk)
             if previous is not None:
                 yield from _checked_chunk(*previous, max_seq_len)
@@ -809,10 +413,19 @@ def _collector_paused() -> Iterator[None]:
 def load_examples(path: Path, tokenizer: Any, max_seq_len: int) -> list[TokenizedExample]:
     """Every example of ``path``, tokenized; the first problem raises (an InvalidExample)."""
     examples = []
+    lines = _Lines(Path(path))
     with _collector_paused():
-        for _, example in _checked_examples(path, tokenizer, max_seq_len):
+        for number, line, example in _checked_examples(lines, tokenizer, max_seq_len):
             if isinstance(example, InvalidExample):
                 raise example
+            if example is None:
+                raise InvalidExample(
+                    number,
+                    f"is a {lines.format} example, which supervised fine-tuning does not train "
+                    "(it trains on chat or prompt/completion examples)",
+                    line=line,
+                    code="unsupported_format",
+                )
             examples.append(example)
     return examples
 
@@ -821,20 +434,25 @@ def validate_examples(
     path: Path, tokenizer: Any, max_seq_len: int, keep_examples: bool = False
 ) -> DataReport:
     """Check every example and report all problems (not just the first), for the API to show;
-    with ``keep_examples``, a file without problems comes back tokenized too."""
+    with ``keep_examples``, a supervised file without problems comes back tokenized too.
+
+    A file of another method's format (``report.format``) is checked but not tokenized.
+    """
     report = DataReport(n_examples=0, n_tokens=0)
     kept: list[TokenizedExample] = []
+    lines = _Lines(Path(path))
     with _collector_paused():
-        for number, example in _checked_examples(path, tokenizer, max_seq_len):
+        for number, line, example in _checked_examples(lines, tokenizer, max_seq_len):
             report.n_examples = number
             if isinstance(example, InvalidExample):
-                report.problems.append(DataProblem(number, example.code, str(example)))
+                report.problems.append(DataProblem(number, line, example.code, example.reason))
                 kept.clear()  # nothing will be handed over: free them now
-            else:
+            elif example is not None:
                 report.n_tokens += example.n_tokens
                 if keep_examples and report.ok:
                     kept.append(example)
-    if keep_examples and report.ok:
+    report.format = lines.format
+    if keep_examples and report.ok and report.format in SUPERVISED_FORMATS:
         report.examples = kept
     return report
 

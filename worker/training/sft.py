@@ -38,13 +38,14 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from worker.training.attention import packed_segments, use_varlen_attention
-from worker.training.base_models import (
+from tuna_core.base_models import (
     UnknownBaseModel,
     get_base_model_info,
     load_tokenizer,
     resolve_base_model,
 )
+from tuna_core.devices import DeviceUnavailable, pick_device
+from worker.training.attention import packed_segments, use_varlen_attention
 from worker.training.callbacks import TrainingCallbacks
 from worker.training.config import ResolvedHyperparameters, TrainingConfig, resolve_hyperparameters
 from worker.training.data import (
@@ -144,7 +145,10 @@ def train(
     validation, in the same process), used instead of tokenizing them again.
     """
     config.validate()
-    device = _pick_device(config.device)
+    try:
+        device = pick_device(config.device)
+    except DeviceUnavailable as exc:
+        raise TrainingError(str(exc), code="no_gpu") from exc
 
     # 1. Base model and data ------------------------------------------------------------------
     callbacks.on_event("info", f"Loading base model {config.base_model}", None)
@@ -633,14 +637,6 @@ def _warmup_cosine(
 
 # ---------------------------------------------------------------------------------------------
 # Loading
-
-
-def _pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' was requested but no GPU is available", code="no_gpu")
-    return torch.device(requested)
 
 
 def _load(

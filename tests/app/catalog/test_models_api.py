@@ -9,10 +9,10 @@ import pytest
 
 from app.auth import get_or_create_project
 from app.bootstrap import create_key, prepare
-from app.fine_tuning.naming import checkpoint_model_id, new_fine_tuned_model_id
 from app.fine_tuning.repository import FineTuningRepository
 from app.orm import FineTuningJob
 from tests.conftest import LiveServer, make_settings, serve_in_thread
+from tuna_core.model_ids import checkpoint_model_id, fine_tuned_model_id
 
 BASE = "SmolLM2-135M-Instruct"
 SMOLLM2_CREATED = 1730419200
@@ -35,7 +35,7 @@ def add_fine_tuned_models(server: LiveServer, project_name: str) -> tuple[str, s
                 result_files=[],
             )
         )
-        final = new_fine_tuned_model_id(BASE, project_name, "helper")
+        final = fine_tuned_model_id(BASE, project_name, "helper", job.id)
         ckpt = checkpoint_model_id(final, 10)
         for model_id, step in ((ckpt, 10), (final, None)):
             repo.add_model(

@@ -92,7 +92,8 @@ PREFERENCE = {
 
 
 def test_valid_chat_file() -> None:
-    report = check(jl(chat(), chat(USER, ASSISTANT), chat(USER, {**ASSISTANT, "weight": 0})))
+    context_only = {**ASSISTANT, "weight": 0}
+    report = check(jl(chat(), chat(USER, ASSISTANT), chat(USER, context_only, USER, ASSISTANT)))
     assert report.ok
     assert report.format is DatasetFormat.CHAT
     assert report.example_count == 3
@@ -405,7 +406,8 @@ ROLE_HINT = "(expected system, user, assistant or tool)"
         ),
         (
             chat({"role": "user", "content": [{"type": "image_url", "image_url": {}}]}, ASSISTANT),
-            "messages[0].content[0]: unknown key 'image_url' (allowed: text, type)",
+            "messages[0].content[0].type: unsupported content part type 'image_url' "
+            "(only 'text' is supported)",
         ),
         (
             chat({"role": "user", "content": [{"type": "image", "text": "x"}]}, ASSISTANT),
@@ -471,6 +473,10 @@ ROLE_HINT = "(expected system, user, assistant or tool)"
         (
             chat({"role": "system", "content": "x"}, USER),
             "messages: no assistant message (at least one is needed to train on)",
+        ),
+        (
+            chat(USER, {**ASSISTANT, "weight": 0}),
+            "messages: every assistant message has weight 0 (at least one is needed to train on)",
         ),
     ],
 )
@@ -904,6 +910,8 @@ def chat_examples(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans()):
             messages.extend(draw(_tool_turn))
         messages.append(draw(_assistant))
+    if all(m.get("weight", 1) == 0 for m in messages if m["role"] == "assistant"):
+        del messages[-1]["weight"]  # a valid chat trains on at least one answer
     example: dict[str, Any] = {"messages": messages}
     if draw(st.booleans()):
         example["tools"] = [TOOL]

@@ -117,7 +117,7 @@ def model_folders(tmp_path_factory: pytest.TempPathFactory) -> ModelFolders:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from worker.training.base_models import resolve_base_model
+    from tuna_core.base_models import resolve_base_model
 
     base_dir = resolve_base_model(TINY, MODEL_CACHE)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)

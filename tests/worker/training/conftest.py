@@ -1,12 +1,8 @@
-"""Fixtures for the training engine: the tiny llama, its tokenizer, datasets and configs.
-
-Converted/built models are cached under ``<repo>/var/model-cache`` (git-ignored) so they survive
-test runs; building them is safe under concurrent runs (atomic rename).
-"""
+"""Fixtures for the training engine: the tiny llama and its tokenizer (`tests.model_fixtures`),
+datasets and configs."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,36 +10,15 @@ from typing import Any
 import pytest
 import torch
 
+from tests.model_fixtures import TINY, model_cache, tiny_dir, tokenizer
 from tests.worker.training.helpers import chat, write_jsonl
-from worker.training.base_models import resolve_base_model
+
+__all__ = ["model_cache", "tiny_dir", "tokenizer"]  # fixtures, made this folder's own
 from worker.training.config import TrainingConfig
 
-# Read when transformers is first imported (inside fixtures, after this): never reach a hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # The tiny model's matrices are too small to gain from threads, and on a shared 2-core machine
 # spinning OpenMP workers made these tests 2x slower; one thread is also what CI boxes give.
 torch.set_num_threads(1)
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-TINY = "tuna-tiny-test"
-
-
-@pytest.fixture(scope="session")
-def model_cache() -> Path:
-    return REPO_ROOT / "var" / "model-cache"
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(model_cache: Path) -> Path:
-    return resolve_base_model(TINY, model_cache)
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tiny_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_dir)
 
 
 @pytest.fixture
@@ -55,7 +30,10 @@ def repetitive_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def varied_file(tmp_path: Path) -> Path:
-    """Six different examples (chat with weights, a system prompt, and legacy)."""
+    """Six different chats (weights, a system prompt, content as text parts).
+
+    One format per file, as the upload demands: legacy prompt/completion files are separate.
+    """
     rows: list[Any] = [
         chat(f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.") for i in range(4)
     ]
@@ -70,7 +48,14 @@ def varied_file(tmp_path: Path) -> Path:
             ]
         }
     )
-    rows.append({"prompt": "The sky is", "completion": " blue."})
+    rows.append(
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "The sky is"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "blue."}]},
+            ]
+        }
+    )
     return write_jsonl(tmp_path / "varied.jsonl", rows)
 
 

@@ -143,7 +143,7 @@ def test_unpaired_surrogates_are_reported_not_fed_to_the_tokenizer(
         [
             chat("Hi", "Hello"),
             chat("caf\u00e9 \ud83d", "Hello"),
-            {"prompt": "a", "completion": "b\udc00"},
+            chat("a", "b\udc00"),
             chat("Hi", "Hello"),
         ],
     )
@@ -151,13 +151,13 @@ def test_unpaired_surrogates_are_reported_not_fed_to_the_tokenizer(
     assert [(p.example_number, p.message) for p in report.problems] == [
         (
             2,
-            "Example 2: message 1 content has an unpaired surrogate \\ud83d at character 6, "
-            "which is not valid Unicode text",
+            "Example 2: messages[0].content: unpaired surrogate \\ud83d at character 6 "
+            "(not valid Unicode text)",
         ),
         (
             3,
-            "Example 3: 'completion' has an unpaired surrogate \\udc00 at character 2, "
-            "which is not valid Unicode text",
+            "Example 3: messages[1].content: unpaired surrogate \\udc00 at character 2 "
+            "(not valid Unicode text)",
         ),
     ]
     assert report.n_tokens == 2 * tokenize_example(tokenizer, chat("Hi", "Hello")).n_tokens

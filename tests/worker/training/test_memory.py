@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.worker.training.helpers import Recorder, chat, write_jsonl
-from worker.training.base_models import load_tokenizer
+from tuna_core.base_models import load_tokenizer
 from worker.training.config import TrainingConfig
 from worker.training.data import load_examples
 from worker.training.memory import (

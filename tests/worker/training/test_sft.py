@@ -162,7 +162,7 @@ def test_training_starts_from_examples_already_tokenized(
     """Upload-time validation hands its tokenized examples over; they are not tokenized again
     (here the handed-over examples are another file's, to tell them apart), unless they do not
     fit this run's max_seq_len."""
-    from worker.training.base_models import load_tokenizer
+    from tuna_core.base_models import load_tokenizer
     from worker.training.data import load_examples
 
     rows = [chat("Hi", "Hello"), chat("Hi", "Hey"), chat("Tell me more", "more " * 40)]

@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 
+from tests.tuna_core.test_chat_template import TOOLS_TEMPLATE, via_apply
 from tests.worker.training.helpers import EDGE_CASE_TEXTS, chat, write_jsonl
-from tests.worker.training.test_render import TOOLS_TEMPLATE, via_apply
+from tuna_core.base_models import resolve_base_model
+from tuna_core.chat_template import prepare_chat
+from tuna_core.dataset import DatasetFormat, ExampleError, LineChecker
 from worker.training import data
-from worker.training.base_models import resolve_base_model
 from worker.training.data import (
     IGNORE_INDEX,
     ExampleTooLong,
@@ -28,8 +30,6 @@ from worker.training.data import (
     NoTrainableTokens,
     TokenizedExample,
     load_examples,
-    prepare_chat,
-    read_jsonl,
     tokenize_example,
     tokenize_legacy,
     validate_examples,
@@ -42,12 +42,8 @@ MAX_SEQ_LEN = 160
 
 
 def reference_tokenize_chat(tokenizer: Any, example: dict[str, Any]) -> TokenizedExample:
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
-        raise ValueError("the tokenizer has no chat template")
+    template = tokenizer.chat_template
     messages, weights, tools = prepare_chat(example["messages"], example.get("tools"), template)
-    if not any(m["role"] == "assistant" for m in messages):
-        raise ValueError("has no assistant message")
     full = via_apply(tokenizer, messages, tools)
     spans = []
     for i, message in enumerate(messages):
@@ -70,45 +66,48 @@ def reference_tokenize_chat(tokenizer: Any, example: dict[str, Any]) -> Tokenize
     return TokenizedExample.from_labels(input_ids, labels)
 
 
-def reference_tokenize(tokenizer: Any, example: Any) -> TokenizedExample:
-    if not isinstance(example, dict):
-        raise ValueError("is not a JSON object")
+def reference_tokenize(tokenizer: Any, example: dict[str, Any]) -> TokenizedExample:
     if "messages" in example:
-        unknown = set(example) - {"messages", "tools", "parallel_tool_calls", "functions"}
-        if unknown:
-            raise ValueError(f"has unknown key(s) {', '.join(sorted(unknown))}")
         return reference_tokenize_chat(tokenizer, example)
-    if "prompt" in example and "completion" in example:
-        return tokenize_legacy(tokenizer, example)
-    raise ValueError("must have 'messages' (chat) or 'prompt' and 'completion' (legacy)")
+    return tokenize_legacy(tokenizer, example)
 
 
 def reference_check(
-    tokenizer: Any, number: int, raw: Any, max_seq_len: int
+    tokenizer: Any, number: int, line: int, raw: dict[str, Any], max_seq_len: int
 ) -> TokenizedExample | InvalidExample:
     try:
         example = reference_tokenize(tokenizer, raw)
     except ValueError as exc:
-        return InvalidExample(number, str(exc))
+        return InvalidExample(number, str(exc), line=line)
     if example.n_tokens > max_seq_len:
         return ExampleTooLong(
-            number, f"has {example.n_tokens} tokens, more than the context of {max_seq_len}"
+            number,
+            f"has {example.n_tokens} tokens, more than the context of {max_seq_len}",
+            line=line,
         )
     if sum(1 for label in example.labels if label != IGNORE_INDEX) == 0:
-        return NoTrainableTokens(
-            number, "has no trainable tokens (every assistant message has weight 0)"
-        )
+        return NoTrainableTokens(number, "has no trainable tokens", line=line)
     return example
 
 
 def reference_results(path: Path, tokenizer: Any, max_seq_len: int) -> list[Summary]:
-    """The summary of each example; an unreadable line ends the file."""
+    """The summary of each example: lines checked by the schema, then tokenized one by one."""
     out: list[Summary] = []
-    try:
-        for number, raw in read_jsonl(path):
-            out.append(summary(reference_check(tokenizer, number, raw, max_seq_len)))
-    except InvalidExample as exc:
-        out.append(summary(exc))
+    lines = LineChecker()
+    for line, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            example = lines.check(line, raw)
+        except ExampleError as exc:
+            number = lines.example_count
+            out.append(summary(InvalidExample(number, str(exc), line=line, code=exc.code)))
+            continue
+        if example is not None:
+            assert example.format is not DatasetFormat.PREFERENCE
+            out.append(
+                summary(
+                    reference_check(tokenizer, lines.example_count, line, example.data, max_seq_len)
+                )
+            )
     return out
 
 
@@ -211,7 +210,8 @@ def any_tokenizer(request: pytest.FixtureRequest, model_cache: Path) -> Any:
 
 
 def batched_results(path: Path, tokenizer: Any, max_seq_len: int) -> list[Summary]:
-    return [summary(result) for _, result in data._checked_examples(path, tokenizer, max_seq_len)]
+    checked = data._checked_examples(data._Lines(path), tokenizer, max_seq_len)
+    return [summary(result) for _, _, result in checked if result is not None]
 
 
 def test_a_file_larger_than_a_chunk_matches_the_reference(
@@ -260,9 +260,10 @@ def test_chunk_boundaries_anywhere_match_the_reference(
 
 
 @pytest.mark.parametrize("chunk", [2, 1000])
-def test_an_unreadable_line_ends_the_file_after_the_problems_before_it(
+def test_an_unreadable_line_is_one_problem_and_the_lines_after_it_are_read(
     any_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
+    # As the upload does: each line is judged on its own, so a job reports what the upload did.
     monkeypatch.setattr(data, "TOKENIZE_CHUNK", chunk)
     lines = [
         json.dumps(chat("a", "b")),
@@ -270,20 +271,23 @@ def test_an_unreadable_line_ends_the_file_after_the_problems_before_it(
         "",
         json.dumps({"prompt": "p", "completion": "c"}),
         "{not json",
-        json.dumps(chat("never", "read")),
+        json.dumps(chat("still", "read")),
     ]
     path = tmp_path / "broken.jsonl"
     path.write_text("\n".join(lines) + "\n")
     expected = reference_results(path, any_tokenizer, MAX_SEQ_LEN)
     assert [p[:2] for p in problems(expected)] == [
         (2, "no_trainable_tokens"),
+        (3, "invalid_format"),  # a completion in a chat file
         (4, "invalid_format"),
     ]
+    assert expected[-1][0] == "tokens"
     assert batched_results(path, any_tokenizer, MAX_SEQ_LEN) == expected
 
     report = validate_examples(path, any_tokenizer, MAX_SEQ_LEN)
-    assert report.n_examples == 4
+    assert report.n_examples == 5
     assert [(p.example_number, p.code, p.message) for p in report.problems] == problems(expected)
+    assert [p.line for p in report.problems] == [2, 4, 5]
 
 
 def test_a_tokenizer_shipped_with_truncation_on_is_not_truncated(

