@@ -34,7 +34,8 @@ Schemas (allow-lists; any other key is an error):
                             "function": {"name": str, "arguments": str}}
                 tool:      {"type": "function", "function": {"name": str, "description"?: str,
                             "parameters"?: object, "strict"?: bool}}
-                at least one assistant message, and at least one that is trained (weight 1).
+                at least one assistant message, and at least one that is trained (weight 1);
+                the first message is not a trained assistant message.
     completion  prompt (string), completion (non-empty string), metadata
     preference  input ({"messages": [...], "tools"?, "parallel_tool_calls"?}; messages checked
                 like chat, no assistant needed), preferred_output, non_preferred_output (each a
@@ -445,6 +446,15 @@ def _check_chat(obj: dict[str, Any]) -> None:
             "messages",
             "every assistant message has weight 0 (at least one is needed to train on)",
             code="no_trainable_tokens",
+        )
+    first = obj["messages"][0]
+    if first["role"] == "assistant" and first.get("weight", 1) == 1:
+        # Its span is what the template adds to the empty conversation, which no template
+        # renders (transformers refuses an empty chat).
+        raise ExampleError(
+            "messages[0]",
+            "a trained assistant message cannot open the conversation (nothing comes before it "
+            "to answer); start with a system or user message, or give it weight 0",
         )
     if len(obj) > 1:
         _check_common(obj)

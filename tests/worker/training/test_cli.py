@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.worker.training.conftest import REPO_ROOT
+from tests.model_fixtures import REPO_ROOT
 from worker.training.config import TrainingConfig
 
 
