@@ -19,10 +19,12 @@ import pytest
 from sqlalchemy import select
 
 from app.bootstrap import prepare
+from app.fine_tuning.repository import FineTuningRepository
 from app.inference.engine import LocalEngine
 from app.main import create_app
-from app.orm import FineTunedModel, FineTuningJob, Project
+from app.orm import FineTuningJob, Project
 from tests.conftest import REPO_ROOT, LiveServer, make_settings, serve_in_thread
+from tuna_core.model_ids import checkpoint_model_id, fine_tuned_model_id
 
 TINY = "tuna-tiny-test"
 MODEL_CACHE = REPO_ROOT / "var" / "model-cache"
@@ -63,39 +65,41 @@ def publish(
     training_type: str = "lora",
     checkpoint_step: int | None = None,
 ) -> str:
-    """Copy a model folder into storage and record it as a succeeded job's model (or checkpoint)."""
+    """Copy a model folder into storage and record it as a succeeded job's model (or checkpoint,
+    with the job's checkpoint row, as the worker records one)."""
     job_id = "ftjob-" + uuid.uuid4().hex[:24]
-    model_id = f"ft:{TINY}:{tenant.name}:test:{job_id[-8:]}"
+    model_id = fine_tuned_model_id(TINY, tenant.name, "test", job_id)
     key = f"jobs/{job_id}/final"
     if checkpoint_step is not None:
-        model_id += f":ckpt-step-{checkpoint_step}"
+        model_id = checkpoint_model_id(model_id, checkpoint_step)
         key = f"jobs/{job_id}/checkpoints/step-{checkpoint_step}"
     storage = server.app.state.storage
     shutil.copytree(source, storage.path(key))
     with server.app.state.db.session_scope() as session:
-        session.add(
-            FineTuningJob(
-                id=job_id,
-                project_id=tenant.project_id,
-                model=TINY,
-                training_file="file-test",
-                seed=0,
-                hyperparameters={"training_type": training_type},
-                status="succeeded",
-            )
+        job = FineTuningJob(
+            id=job_id,
+            project_id=tenant.project_id,
+            model=TINY,
+            training_file="file-test",
+            seed=0,
+            hyperparameters={"training_type": training_type},
+            status="succeeded",
         )
+        session.add(job)
         session.flush()
-        session.add(
-            FineTunedModel(
-                id=model_id,
-                project_id=tenant.project_id,
-                job_id=job_id,
-                base_model=TINY,
-                training_type=training_type,
-                checkpoint_step=checkpoint_step,
+        jobs = FineTuningRepository(session)
+        if checkpoint_step is None:
+            jobs.publish_model(job, model_id, key, training_type, TINY)
+        else:
+            jobs.record_checkpoint(
+                job,
+                step=checkpoint_step,
+                model_id=model_id,
                 storage_key=key,
+                metrics={"step": checkpoint_step},
+                training_type=training_type,
+                base_model=TINY,
             )
-        )
     return model_id
 
 

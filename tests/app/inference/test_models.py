@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+from sqlalchemy import select
 
+from app.orm import FineTunedModel
 from tests.app.inference.conftest import (
     TINY,
     ModelFolders,
@@ -88,10 +90,6 @@ def test_another_projects_model_is_404(
 
 
 def _key(model_id: str, server: LiveServer) -> str:
-    from sqlalchemy import select
-
-    from app.orm import FineTunedModel
-
     with server.app.state.db.session_scope() as session:
         key = session.scalar(
             select(FineTunedModel.storage_key).where(FineTunedModel.id == model_id)
@@ -122,6 +120,24 @@ def test_delete_model(server: LiveServer, tenant: Tenant, model_folders: ModelFo
     with pytest.raises(openai.PermissionDeniedError):
         tenant.client.models.delete(TINY)
     assert greedy(tenant.client, TINY)
+
+
+def test_a_deleted_checkpoint_is_no_longer_listed_as_callable(
+    server: LiveServer, tenant: Tenant, model_folders: ModelFolders
+) -> None:
+    checkpoint = publish(server, tenant, model_folders.adapter_b, checkpoint_step=2)
+    with server.app.state.db.session_scope() as session:
+        job_id = session.scalar(
+            select(FineTunedModel.job_id).where(FineTunedModel.id == checkpoint)
+        )
+    jobs = tenant.client.fine_tuning.jobs
+    listed = [c.fine_tuned_model_checkpoint for c in jobs.checkpoints.list(job_id)]
+    assert listed == [checkpoint]
+
+    tenant.client.models.delete(checkpoint)
+    assert list(jobs.checkpoints.list(job_id)) == []
+    with pytest.raises(openai.NotFoundError):
+        greedy(tenant.client, checkpoint)
 
 
 def test_concurrent_requests_never_bleed(
