@@ -277,37 +277,39 @@ def _check_content(content: Any, path: str) -> None:
     raise ExampleError(path, f"expected a string or an array of text parts, got {_kind(content)}")
 
 
+def _function_of(
+    obj: Any, path: str, keys: frozenset[str], function_keys: frozenset[str]
+) -> dict[str, Any]:
+    """The function of a ``{"type": "function", "function": {"name": ...}}`` object: a tool, or
+    a call of one."""
+    _check_keys(_expect_object(obj, path), keys, path)
+    kind = _require(obj, "type", path)
+    if kind != "function":
+        raise ExampleError(f"{path}.type", f"expected 'function', got {_show(kind)}")
+    fpath = f"{path}.function"
+    function = _expect_object(_require(obj, "function", path), fpath)
+    _check_keys(function, function_keys, fpath)
+    _expect_string(_require(function, "name", fpath), f"{fpath}.name", non_empty=True)
+    return function
+
+
 def _check_tool_calls(tool_calls: Any, path: str) -> None:
     for j, call in enumerate(_expect_list(tool_calls, path)):
         cpath = f"{path}[{j}]"
-        _check_keys(_expect_object(call, cpath), _TOOL_CALL_KEYS, cpath)
+        function = _function_of(call, cpath, _TOOL_CALL_KEYS, _TOOL_CALL_FUNCTION_KEYS)
         _expect_string(_require(call, "id", cpath), f"{cpath}.id")
-        ctype = _require(call, "type", cpath)
-        if ctype != "function":
-            raise ExampleError(f"{cpath}.type", f"expected 'function', got {_show(ctype)}")
-        fpath = f"{cpath}.function"
-        function = _expect_object(_require(call, "function", cpath), fpath)
-        _check_keys(function, _TOOL_CALL_FUNCTION_KEYS, fpath)
-        _expect_string(_require(function, "name", fpath), f"{fpath}.name", non_empty=True)
-        arguments = _require(function, "arguments", fpath)
+        arguments = _require(function, "arguments", f"{cpath}.function")
         if type(arguments) is not str:
             raise ExampleError(
-                f"{fpath}.arguments",
+                f"{cpath}.function.arguments",
                 f"expected a string (JSON-encoded arguments), got {_kind(arguments)}",
             )
 
 
 def check_tools(tools: Any, path: str) -> None:
     for j, tool in enumerate(_expect_list(tools, path)):
-        tpath = f"{path}[{j}]"
-        _check_keys(_expect_object(tool, tpath), _TOOL_KEYS, tpath)
-        ttype = _require(tool, "type", tpath)
-        if ttype != "function":
-            raise ExampleError(f"{tpath}.type", f"expected 'function', got {_show(ttype)}")
-        fpath = f"{tpath}.function"
-        function = _expect_object(_require(tool, "function", tpath), fpath)
-        _check_keys(function, _TOOL_FUNCTION_KEYS, fpath)
-        _expect_string(_require(function, "name", fpath), f"{fpath}.name", non_empty=True)
+        fpath = f"{path}[{j}].function"
+        function = _function_of(tool, f"{path}[{j}]", _TOOL_KEYS, _TOOL_FUNCTION_KEYS)
         if "description" in function:
             _expect_string(function["description"], f"{fpath}.description")
         if "parameters" in function:

@@ -284,15 +284,7 @@ class FineTuningRepository:
             metrics=metrics,
             storage_key=storage_key,
         )
-        self.add_model(
-            model_id=model_id,
-            project_id=job.project_id,
-            job_id=job.id,
-            base_model=base_model,
-            training_type=training_type,
-            storage_key=storage_key,
-            checkpoint_step=step,
-        )
+        self._add_job_model(job, model_id, storage_key, training_type, base_model, step)
 
     def remove_checkpoint(self, job_id: str, step: int) -> None:
         """The job's checkpoint at ``step`` and its model row, if there is one."""
@@ -317,15 +309,26 @@ class FineTuningRepository:
         self, job: FineTuningJob, model_id: str, storage_key: str, training_type: str, base: str
     ) -> None:
         """The job's final model; a duplicate run of a finished job keeps the first row."""
-        if self.session.get(FineTunedModel, model_id) is not None:
-            return
-        self.add_model(
+        if self.session.get(FineTunedModel, model_id) is None:
+            self._add_job_model(job, model_id, storage_key, training_type, base)
+
+    def _add_job_model(
+        self,
+        job: FineTuningJob,
+        model_id: str,
+        storage_key: str,
+        training_type: str,
+        base_model: str,
+        checkpoint_step: int | None = None,
+    ) -> FineTunedModel:
+        return self.add_model(
             model_id=model_id,
             project_id=job.project_id,
             job_id=job.id,
-            base_model=base,
+            base_model=base_model,
             training_type=training_type,
             storage_key=storage_key,
+            checkpoint_step=checkpoint_step,
         )
 
     def add_model(
