@@ -17,7 +17,7 @@ BIN := $(VENV)/bin
 help:
 	@echo "make serve         start Tuna at http://$(HOST):$(PORT) (HOST, PORT, DATA_DIR)"
 	@echo "make test          run every test, slow ones included (PYTEST_ARGS)"
-	@echo "make lint          ruff check, ruff format --check, mypy app worker"
+	@echo "make lint          ruff check, ruff format --check, mypy app worker tuna_core"
 	@echo "make format        ruff format + ruff check --fix"
 	@echo "make bench-upload  server memory during a streamed upload (SIZE_MB, PURPOSE)"
 	@echo "make clean         caches and build leftovers (keeps .venv and $(DATA_DIR))"
@@ -35,7 +35,7 @@ test:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy app worker
+	$(BIN)/mypy app worker tuna_core
 
 format: setup
 	$(BIN)/ruff format .

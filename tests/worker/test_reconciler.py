@@ -165,6 +165,23 @@ def test_a_broker_that_forgot_gets_every_waiting_job_again(
     assert reconciler.run_once() == []
 
 
+def test_a_new_broker_with_nothing_waiting_is_not_reported_as_a_loss(
+    database: Database, project_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A brand-new data folder: the marker is missing because there never was one.
+    reconciler = Reconciler(database, [].append, FolderMemory(tmp_path / "queue"))
+    with caplog.at_level("WARNING", logger="tuna.worker"):
+        assert reconciler.run_once(resend_waiting=True) == []
+    assert "lost" not in caplog.text
+
+    memory = Forgetful()
+    waiting = add_job(database, project_id, JobStatus.QUEUED, enqueued=True)
+    memory.lost = True
+    with caplog.at_level("WARNING", logger="tuna.worker"):
+        assert Reconciler(database, [].append, memory).run_once() == [waiting]
+    assert "the broker lost its messages; re-sending 1 waiting job(s)" in caplog.text
+
+
 def test_a_failed_send_is_retried_on_the_next_pass(database: Database, project_id: str) -> None:
     job_id = add_job(database, project_id, JobStatus.QUEUED)
     attempts: list[str] = []
