@@ -259,14 +259,8 @@ def measure_tokenization(
     tokenizer: Any, path: Path, context: int, batch: int, repeats: int
 ) -> dict[str, float]:
     """MB/s (rendered text) of the ways to tokenize; see the module docstring."""
-    from worker.training.data import (
-        TOKENIZE_CHUNK,
-        load_examples,
-        prepare_chat,
-        render_chat,
-        render_training_chat,
-        tokenize_rendered,
-    )
+    from tuna_core.chat_template import prepare_chat, render_chat, render_training_chat
+    from worker.training.data import TOKENIZE_CHUNK, load_examples, tokenize_rendered
 
     examples = [json.loads(line) for line in path.read_bytes().splitlines()]
     template = tokenizer.chat_template
