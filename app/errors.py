@@ -8,6 +8,8 @@ SDK first) always see one format, and no stack trace leaves the server.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -63,10 +65,6 @@ class NotFound(APIError):
         super().__init__(message, param=param, code=code)
 
 
-class Conflict(APIError):
-    status_code = 409
-
-
 class PayloadTooLarge(APIError):
     status_code = 413
 
@@ -87,15 +85,41 @@ def error_body(
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
+# A step of an error location that names a member of a union (`str`, `list[str]`, `TextPart`,
+# `function-after[...]`) rather than a field: request fields are snake_case names.
+_UNION_MEMBER = re.compile(r"str|int|float|bool|bytes|none|[A-Z].*|.*[\[\]-].*")
+
+
+def _is_union_member(part: Any) -> bool:
+    return isinstance(part, str) and _UNION_MEMBER.fullmatch(part) is not None
+
+
+def _param(loc: Iterable[Any]) -> str | None:
+    return ".".join(str(p) for p in loc if p not in ("body", "query", "path")) or None
+
+
 def _describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0]
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-    param = ".".join(loc) or None
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    cut = next((i for i, part in enumerate(loc) if _is_union_member(part)), len(loc))
+    param = _param(loc[:cut])
     msg = first.get("msg", "invalid value")
     if first.get("type") == "missing":
-        return f"Missing required parameter: '{param}'.", param
+        # Inside a union member the missing key is still the parameter: `content.0.text`.
+        whole = _param(part for part in loc if not _is_union_member(part))
+        return f"Missing required parameter: '{whole}'.", whole
     if first.get("type") == "json_invalid":
         return "We could not parse the JSON body of your request.", None
+    if cut < len(loc):
+        # A value that fits no member of a union fails once per member (`stop.str`,
+        # `stop.list[str]`): the parameter is `stop`, and the message names what it accepts.
+        members = dict.fromkeys(
+            str(e["loc"][cut])
+            for e in errors
+            if len(e["loc"]) > cut and e["loc"][:cut] == loc[:cut]
+        )
+        return f"Invalid type for '{param}': expected one of {', '.join(members)}.", param
     return f"Invalid value for '{param}': {msg}.", param
 
 

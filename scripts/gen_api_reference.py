@@ -47,14 +47,16 @@ shapes follow OpenAI's API; the [README](../README.md) and the guides
 
   `type` is `invalid_request_error` for client errors and `server_error` for 5xx. Statuses:
   400 bad request (an invalid body or parameter too: FastAPI's `422 HTTPValidationError`
-  listed in the raw schema is never sent, it is rewritten as a 400 in this envelope), 401 bad or
-  missing key, 403 not allowed, 404 unknown id (another project's ids read as unknown), 409 a
-  conflicting state (e.g. cancelling a finished job), 413 an upload over the size cap, 429 the
-  inference queue is full (with `retry-after`), 500 an unexpected error (no stack trace leaves
-  the server), 502 an unreachable inference upstream. The responses below list only the
-  success shape.
+  listed in the raw schema is never sent, it is rewritten as a 400 in this envelope; so is a
+  job move its status does not allow, e.g. cancelling a finished job, with code
+  `invalid_job_status`), 401 bad or missing key, 403 not allowed, 404 unknown id (another
+  project's ids read as unknown), 413 an upload over the size cap, 429 the inference queue is
+  full (with `retry-after`), 500 an unexpected error (no stack trace leaves the server), 502 an
+  unreachable inference upstream. No error is a 409, which the `openai` SDK would retry. The
+  responses below list only the success shape.
 - **Lists** are `{"object": "list", "data": [...], "has_more": ...}`; `after` and `limit` page
-  through them where offered.
+  through them where offered. Files and checkpoints lists add `first_id` and `last_id` (null on
+  an empty page).
 - **Types** below are JSON Schema types; `a | null` means the field may be null or left out.
 
 """

@@ -35,6 +35,7 @@ from sqlalchemy import create_engine, text
 from app.bootstrap import create_key, prepare
 from app.config import Settings
 from app.main import create_app
+from tests.openai_wire import WIRE, WireCheck
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -69,8 +70,10 @@ class LiveServer:
 
 
 def serve_in_thread(app: FastAPI) -> tuple[str, Callable[[], None]]:
+    """Serve `app` on a free port; every response is checked against OpenAI's schemas."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn.Config(WireCheck(app), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -84,6 +87,24 @@ def serve_in_thread(app: FastAPI) -> tuple[str, Callable[[], None]]:
         thread.join(timeout=10)
 
     return f"http://127.0.0.1:{port}", stop
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    WIRE.reset()  # what the servers checked from here on belongs to this test
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Fail a test whose requests (its fixtures' included) got a response off OpenAI's schema."""
+    result = yield
+    violations = WIRE.take_violations()
+    if violations:
+        shown = "\n".join(f"  {v}" for v in violations[:20])
+        more = f"\n  ... and {len(violations) - 20} more" if len(violations) > 20 else ""
+        pytest.fail(f"responses that do not match OpenAI's schemas:\n{shown}{more}", False)
+    return result
 
 
 @contextlib.contextmanager

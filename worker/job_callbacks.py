@@ -15,6 +15,7 @@ from typing import Any
 from app.db import Database
 from app.files.storage import LocalStorage
 from app.fine_tuning.repository import FineTuningRepository
+from app.fine_tuning.schemas import CHECKPOINT_METRICS
 from app.fine_tuning.state import JobStatus
 from app.orm.base import utcnow
 from tuna_core.model_ids import checkpoint_model_id
@@ -22,16 +23,6 @@ from worker.training import ResolvedHyperparameters
 from worker.training.callbacks import StopRequest
 
 STOP_POLL_SECONDS = 1.0
-
-# OpenAI's checkpoint metrics; the engine's extras (learning rate, speed) stay in events.
-CHECKPOINT_METRICS = (
-    "train_loss",
-    "train_mean_token_accuracy",
-    "valid_loss",
-    "valid_mean_token_accuracy",
-    "full_valid_loss",
-    "full_valid_mean_token_accuracy",
-)
 
 
 @dataclass(frozen=True)

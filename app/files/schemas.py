@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from app.orm import File
 from app.orm.base import unix
+from app.wire import OmitWhenNone
 
 UPLOAD_PURPOSES = ("fine-tune", "batch", "assistants", "vision", "user_data", "evals")
 Purpose = Literal[
@@ -22,16 +23,20 @@ Purpose = Literal[
 ]
 
 
-class FileObject(BaseModel):
+class FileObject(OmitWhenNone):
+    # Optional, never null, in OpenAI's `OpenAIFile`: absent while the file has no expiry
+    # and no (deprecated) status details.
+    omit_when_none = frozenset({"expires_at", "status_details"})
+
     id: str
     object: Literal["file"] = "file"
     bytes: int
     created_at: int
-    expires_at: int | None
+    expires_at: int | None = None
     filename: str
     purpose: str
     status: Literal["uploaded", "processed", "error"]
-    status_details: str | None
+    status_details: str | None = None
 
     @classmethod
     def of(cls, row: File) -> FileObject:
@@ -50,6 +55,7 @@ class FileObject(BaseModel):
 class FileList(BaseModel):
     object: Literal["list"] = "list"
     data: list[FileObject]
+    # Always present; null only on an empty page, which is what OpenAI sends there.
     first_id: str | None
     last_id: str | None
     has_more: bool

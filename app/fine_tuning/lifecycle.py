@@ -164,6 +164,8 @@ class JobLifecycle:
             self.jobs.refresh_job(job)
             if job.status not in sources:
                 break
+        # A 400 (e.g. cancelling a finished job), not a 409: the SDK retries a 409 as though the
+        # conflict could clear by itself, and this one never does.
         raise InvalidRequest(
             f"Cannot {action} fine-tuning job {job.id}: its status is '{job.status}'.",
             param="id",

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict
 from app.fine_tuning import hyperparameters as hp
 from app.orm import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
 from app.orm.base import unix
+from app.wire import OmitWhenNone
+from tuna_core.hyperparameters import KNOWN_KEYS, STANDARD_KEYS, TrainingType
 
 Status = Literal[
     "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"
@@ -53,7 +55,7 @@ class Hyperparameters(BaseModel):
 class SupervisedHyperparameters(Hyperparameters):
     """OpenAI's three plus Tuna's extensions (ignored by OpenAI's SDK, shown to every client)."""
 
-    training_type: Literal["lora", "full"]
+    training_type: TrainingType
     lora_rank: int
     lora_alpha: int
     lora_dropout: float
@@ -105,12 +107,10 @@ class FineTuningJobObject(BaseModel):
             estimated_finish=unix(job.estimated_finish),
             error=error,
             fine_tuned_model=job.fine_tuned_model,
-            hyperparameters=Hyperparameters(**{k: values[k] for k in hp.STANDARD_KEYS}),
+            hyperparameters=Hyperparameters(**{k: values[k] for k in STANDARD_KEYS}),
             method=Method(
                 supervised=SupervisedMethod(
-                    hyperparameters=SupervisedHyperparameters(
-                        **{k: values[k] for k in hp.KNOWN_KEYS}
-                    )
+                    hyperparameters=SupervisedHyperparameters(**{k: values[k] for k in KNOWN_KEYS})
                 )
             ),
             model=job.model,
@@ -139,7 +139,7 @@ class FineTuningJobEventObject(BaseModel):
     created_at: int
     level: Literal["info", "warn", "error"]
     message: str
-    data: dict[str, Any] | None
+    data: dict[str, Any]  # an object in OpenAI's schema, never null: `{}` when there is none
     type: Literal["message", "metrics"]
 
     @classmethod
@@ -149,7 +149,7 @@ class FineTuningJobEventObject(BaseModel):
             created_at=unix(event.created_at) or 0,
             level=event.level,  # type: ignore[arg-type]
             message=event.message,
-            data=event.data,
+            data=event.data or {},
             type=event.type,  # type: ignore[arg-type]
         )
 
@@ -160,7 +160,22 @@ class FineTuningJobEventList(BaseModel):
     has_more: bool
 
 
-class CheckpointMetrics(BaseModel):
+# OpenAI's checkpoint metrics; the engine's extras (learning rate, speed) stay in events.
+CHECKPOINT_METRICS = (
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
+
+
+class CheckpointMetrics(OmitWhenNone):
+    # Numbers, never null, in OpenAI's schema: a metric not measured (no validation file, no
+    # full validation pass) is left out.
+    omit_when_none = frozenset({"step", *CHECKPOINT_METRICS})
+
     step: float | None = None
     train_loss: float | None = None
     train_mean_token_accuracy: float | None = None

@@ -1,7 +1,8 @@
 """Wire shapes of `/v1/chat/completions`, `/v1/completions` and `DELETE /v1/models/{id}`.
 
 Requests keep unknown fields (`extra="allow"`) only so the service can name them in a 400:
-a parameter this server does not implement must never be silently ignored.
+a parameter this server does not implement must never be silently ignored. Chat messages are
+not modelled here: `tuna_core.dataset` checks them, as it checks training data.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 MAX_N = 8
 MAX_STOP = 4
@@ -18,31 +20,6 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     include_usage: bool | None = None
-
-
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessageIn(BaseModel):
-    # Messages copied back from an earlier response carry `refusal: null`, `tool_calls: null`...:
-    # extra keys are kept and checked by the service (None is fine, a value is a 400).
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-    tool_call_id: str | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
 
 
 def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
@@ -73,11 +50,28 @@ class _SamplingFields(BaseModel):
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessageIn] = Field(min_length=1)
+    # Checked by `tuna_core.dataset.check_request_messages`, the schema training data is checked
+    # with, whose errors name the exact field (`messages[1].content[0].type`).
+    messages: list[Any] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+def _text_prompt(value: Any) -> Any:
+    # OpenAI also takes token ids (`[1, 2]`, `[[1, 2], [3]]`); they belong to one tokenizer and
+    # this server does not take them. Said plainly here, for the `prompt` parameter itself.
+    if isinstance(value, list) and any(
+        isinstance(item, list) or (isinstance(item, int) and not isinstance(item, bool))
+        for item in value
+    ):
+        raise PydanticCustomError(
+            "token_ids_not_supported",
+            "token-id prompts (arrays of integers) are not supported by this server; "
+            "send the prompt as a string or an array of strings",
+        )
+    return value
 
 
 class CompletionRequest(_SamplingFields):
@@ -87,6 +81,8 @@ class CompletionRequest(_SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=5)
     best_of: int | None = Field(default=None, ge=1)
     suffix: str | None = None
+
+    _prompt = field_validator("prompt", mode="before")(_text_prompt)
 
 
 class CompletionUsage(BaseModel):
@@ -115,7 +111,8 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: CompletionUsage
-    system_fingerprint: str | None = None
+    # No `system_fingerprint`: optional and deprecated in OpenAI's schema, never null there,
+    # and this server has no backend configuration to fingerprint.
 
 
 class CompletionChoice(BaseModel):
@@ -132,7 +129,6 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: CompletionUsage
-    system_fingerprint: str | None = None
 
 
 class ModelDeleted(BaseModel):

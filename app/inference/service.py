@@ -23,12 +23,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.catalog.base_models import find_base_model
+from app.catalog.base_models import find_offered_base_model
 from app.catalog.repository import ModelRepository
 from app.config import Settings
 from app.db import after_commit
 from app.errors import APIError, InvalidRequest, NotFound
 from app.files.storage import LocalStorage
+from app.fine_tuning.repository import FineTuningRepository
 from app.ids import random_token
 from app.inference.engine import InferenceEngine
 from app.inference.schemas import (
@@ -53,8 +54,9 @@ from app.inference.types import (
     Usage,
 )
 from app.orm import Project
-from worker.training.base_models import UnknownBaseModel, get_base_model_info
-from worker.training.data import unpaired_surrogate
+from tuna_core.base_models import DEFAULT_CONTEXT_LENGTH, UnknownBaseModel, get_base_model_info
+from tuna_core.dataset import ExampleError, check_request_messages, unpaired_surrogate
+from tuna_core.model_ids import is_fine_tuned_model_id
 
 # OpenAI parameters this server knows but does not implement: named in a clear 400.
 UNSUPPORTED_PARAMS = frozenset(
@@ -79,7 +81,6 @@ UNSUPPORTED_PARAMS = frozenset(
         "web_search_options",
     }
 )
-_DEFAULT_CONTEXT = 2048
 
 
 def model_not_found(model_id: str) -> NotFound:
@@ -90,15 +91,10 @@ def model_not_found(model_id: str) -> NotFound:
     )
 
 
-def _reject_extras(extra: dict[str, Any] | None, prefix: str = "") -> None:
-    for key, value in (extra or {}).items():
-        if prefix and value is None:
-            continue  # e.g. `refusal: null` on an assistant message copied from a response
-        name = f"{prefix}{key}"
-        if key in UNSUPPORTED_PARAMS:
-            raise InvalidRequest(
-                f"The '{name}' parameter is not supported by this server yet.", param=name
-            )
+def _reject_extras(extra: dict[str, Any] | None) -> None:
+    for name in extra or {}:
+        if name in UNSUPPORTED_PARAMS:
+            raise _not_supported(name)
         raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
 
 
@@ -143,21 +139,16 @@ def _check_text(text: str, param: str) -> None:
         )
 
 
-def chat_messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
-    """Plain `{"role", "content"}` dicts for the chat template (`developer` speaks as system)."""
-    messages = []
-    for i, message in enumerate(body.messages):
-        _reject_extras(message.model_extra, prefix=f"messages[{i}].")
-        if message.content is None and message.role != "assistant":
-            raise InvalidRequest(
-                f"Missing required parameter: 'messages[{i}].content'.",
-                param=f"messages[{i}].content",
-            )
-        role = "system" if message.role == "developer" else message.role
-        text = message.text()
-        _check_text(text, f"messages[{i}].content")
-        messages.append({"role": role, "content": text})
-    return messages
+def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The request's messages, checked by the schema training data is checked with."""
+    try:
+        return check_request_messages(body.messages)
+    except ExampleError as exc:
+        if exc.reason == "missing":
+            message = f"Missing required parameter: '{exc.path}'."
+        else:
+            message = f"Invalid value for '{exc.path}': {exc.reason}."
+        raise InvalidRequest(message, param=exc.param) from None
 
 
 def chat_params(body: ChatCompletionRequest) -> SamplingParams:
@@ -207,17 +198,17 @@ class InferenceService:
     # -- model resolution ----------------------------------------------------------------------
 
     def resolve(self, project: Project, model_id: str) -> ModelTarget:
-        base = find_base_model(self.settings, model_id)
+        base = find_offered_base_model(self.settings, model_id)
         if base is not None:
             return ModelTarget(model_id, base.name, "base", base.context_length)
-        row = self.models.get(project.id, model_id) if model_id.startswith("ft:") else None
+        row = self.models.get(project.id, model_id) if is_fine_tuned_model_id(model_id) else None
         if row is None:
             raise model_not_found(model_id)
         try:
             context = get_base_model_info(row.base_model, dict(self.settings.local_models))
             context_length = context.context_length
         except UnknownBaseModel:
-            context_length = _DEFAULT_CONTEXT
+            context_length = DEFAULT_CONTEXT_LENGTH
         return ModelTarget(
             model_id=row.id,
             base_model=row.base_model,
@@ -310,9 +301,10 @@ class InferenceService:
     def delete_model(self, project: Project, model_id: str) -> ModelDeleted:
         """Delete the caller's `ft:` row; the engine forgets it and its folder goes after commit.
 
-        A checkpoint id deletes only that checkpoint's model; the job keeps its history.
+        A checkpoint id deletes that checkpoint: the job no longer lists a model it cannot
+        serve (its events still tell it was made). A final model's job keeps its checkpoints.
         """
-        if find_base_model(self.settings, model_id) is not None:
+        if find_offered_base_model(self.settings, model_id) is not None:
             raise APIError(
                 f"The model `{model_id}` is a base model and cannot be deleted.",
                 param="model",
@@ -322,7 +314,10 @@ class InferenceService:
         row = self.models.get(project.id, model_id)
         if row is None:
             raise model_not_found(model_id)
-        self.models.delete(row)
+        if row.checkpoint_step is not None:
+            FineTuningRepository(self.session).remove_checkpoint(row.job_id, row.checkpoint_step)
+        else:
+            self.models.delete(row)
         key, engine, storage = row.storage_key, self.engine, self.storage
 
         def forget() -> None:
@@ -385,12 +380,13 @@ async def _chat_stream(
     include_usage: bool,
 ) -> AsyncIterator[str]:
     """`chat.completion.chunk`s: role delta per choice, content deltas, finish, usage, [DONE]."""
+    # No `system_fingerprint`, as in `ChatCompletion`. `usage: null` on every chunk but the
+    # usage one is what OpenAI documents for `stream_options.include_usage`.
     head: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "system_fingerprint": None,
     }
     if include_usage:
         head["usage"] = None
@@ -433,7 +429,6 @@ async def _completion_stream(
         "object": "text_completion",
         "created": created,
         "model": model,
-        "system_fingerprint": None,
     }
     if include_usage:
         head["usage"] = None

@@ -27,6 +27,19 @@ def test_invalid_query_parameter(server: LiveServer, api_key: str) -> None:
     assert response.json()["error"]["param"] == "limit"
 
 
+def test_a_value_no_union_member_accepts_names_the_parameter(
+    server: LiveServer, api_key: str
+) -> None:
+    """`stop: 5` fails `str` and `list[str]` alike: the parameter is `stop`, not `stop.str`."""
+    body = {"model": "tuna-tiny-test", "prompt": "x", "stop": 5}
+    with server.http(api_key) as http:
+        response = http.post("/v1/completions", json=body)
+    assert_envelope(response.json(), 400, response.status_code)
+    error = response.json()["error"]
+    assert error["param"] == "stop"
+    assert error["message"] == "Invalid type for 'stop': expected one of str, list[str]."
+
+
 def test_unexpected_exception_is_a_plain_500(tmp_path) -> None:
     from fastapi.testclient import TestClient
 

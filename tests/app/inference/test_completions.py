@@ -68,6 +68,8 @@ def test_streamed_completion_matches(client: openai.OpenAI) -> None:
         ({"logprobs": 2}, "logprobs"),
         ({"best_of": 3}, "best_of"),
         ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": [[1, 2], [3]]}, "prompt"),
+        ({"prompt": 5}, "prompt"),
     ],
 )
 def test_unsupported_completion_params(
@@ -76,7 +78,17 @@ def test_unsupported_completion_params(
     values: dict[str, object] = {"model": TINY, "prompt": "x", "max_tokens": 2, **extra}
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(**values)  # type: ignore[call-overload]
-    assert caught.value.body["param"].startswith(param)  # type: ignore[index]
+    assert caught.value.body["param"] == param  # type: ignore[index]
+
+
+@pytest.mark.parametrize("prompt", [[1, 2, 3], [[1, 2], [3]]])
+def test_token_id_prompts_are_refused_by_name(client: openai.OpenAI, prompt: object) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=TINY, prompt=prompt, max_tokens=2)  # type: ignore[arg-type]
+    error = caught.value.body
+    assert error["param"] == "prompt"  # type: ignore[index]
+    assert "token-id prompts" in error["message"]  # type: ignore[index]
+    assert "not supported" in error["message"]  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
