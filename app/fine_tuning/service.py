@@ -37,7 +37,6 @@ from tuna_core.model_ids import SUFFIX_PATTERN
 
 logger = logging.getLogger("tuna.fine_tuning")
 
-
 MAX_SEED = 2_147_483_647
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
@@ -53,6 +52,7 @@ class ValidatedJob:
 
     suffix: str | None
     seed: int
+    method: str  # one of SUPPORTED_METHODS
     hyperparameters: dict[str, Any]
     metadata: dict[str, str] | None
     integrations: list[Any] | None
@@ -78,11 +78,10 @@ class FineTuningService:
                 param="model",
                 code="model_not_found",
             )
-        method = "supervised"  # the one method SUPPORTED_METHODS has yet
-        self._check_file(project, request.training_file, "training_file", method)
+        self._check_file(project, request.training_file, "training_file", checked.method)
         self._check_running_quota(project)
         if request.validation_file is not None:
-            self._check_file(project, request.validation_file, "validation_file", method)
+            self._check_file(project, request.validation_file, "validation_file", checked.method)
 
         job = self.jobs.add_job(
             FineTuningJob(
@@ -93,7 +92,7 @@ class FineTuningService:
                 validation_file=request.validation_file,
                 suffix=checked.suffix,
                 seed=checked.seed,
-                method_type=method,
+                method_type=checked.method,
                 hyperparameters=checked.hyperparameters,
                 status=JobStatus.VALIDATING_FILES.value,
                 result_files=[],
@@ -280,6 +279,8 @@ def validate_create(request: CreateFineTuningJobRequest) -> ValidatedJob:
         suffix=suffix,
         seed=seed,
         hyperparameters=_hyperparameters(request.method, request.hyperparameters),
+        # `_hyperparameters` refused any type but the supported ones.
+        method=str(request.method["type"]) if request.method else "supervised",
         metadata=_metadata(request.metadata),
         integrations=_integrations(request.integrations),
     )

@@ -6,6 +6,7 @@ No worker runs here: jobs stay where the API puts them, and moves the worker wou
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
@@ -268,6 +269,21 @@ def test_training_and_validation_files_are_checked(
     for bad in ("file-doesnotexist", foreign_id):
         body = bad_request(create, client, good, validation_file=bad)
         assert body["param"] == "validation_file"
+    assert client.fine_tuning.jobs.list().data == []
+
+
+def test_a_file_of_another_methods_format_is_refused_at_creation(client: openai.OpenAI) -> None:
+    line = {
+        "input": {"messages": [{"role": "user", "content": "Hi"}]},
+        "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+        "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+    }
+    preference = upload(client, ("\n".join([json.dumps(line)] * 12) + "\n").encode())
+    body = bad_request(create, client, preference)
+    assert (body["param"], body["code"]) == ("training_file", "invalid_file_format")
+    assert "holds preference examples, but the supervised method trains on" in body["message"]
+    body = bad_request(create, client, upload(client), validation_file=preference)
+    assert (body["param"], body["code"]) == ("validation_file", "invalid_file_format")
     assert client.fine_tuning.jobs.list().data == []
 
 
