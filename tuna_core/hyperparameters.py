@@ -6,7 +6,9 @@ file), and the worker turns a job's stored hyperparameters into engine arguments
 `engine_arguments`: one definition of each range, so the two sides cannot disagree.
 
 OpenAI's three (`n_epochs`, `batch_size`, `learning_rate_multiplier`) may be "auto", chosen from
-the data by the engine; Tuna's extensions (`training_type`, `lora_*`) have defaults instead.
+the data by the engine, and so may a method's own (DPO's `beta`); Tuna's extensions
+(`training_type`, `lora_*`) have defaults instead.  Which keys a job may set depends on its
+method: `keys_for(method)`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ N_EPOCHS_RANGE = (1, 50)
 BATCH_SIZE_RANGE = (1, 256)
 LORA_RANK_RANGE = (1, 256)
 LORA_ALPHA_RANGE = (1, 4096)
+# DPO's beta: how far the policy may move from the reference, in (0, 2] as OpenAI accepts.
+BETA_RANGE = (0.0, 2.0)
+# What "auto" resolves beta to: the DPO paper's and TRL's default, and OpenAI's documented one.
+DEFAULT_BETA = 0.1
 
 TrainingType = Literal["lora", "full"]
 TRAINING_TYPES: tuple[str, ...] = get_args(TrainingType)
@@ -41,6 +47,22 @@ EXTENSION_DEFAULTS: dict[str, Any] = {
 }
 KNOWN_KEYS = (*STANDARD_KEYS, *EXTENSION_DEFAULTS)
 DEFAULTS: dict[str, Any] = {key: AUTO for key in STANDARD_KEYS} | EXTENSION_DEFAULTS
+
+# Training methods and the hyperparameters only they take ("auto" allowed for each).
+METHODS = ("supervised", "dpo")
+Method = Literal["supervised", "dpo"]
+METHOD_KEYS: dict[str, tuple[str, ...]] = {"supervised": (), "dpo": ("beta",)}
+ALL_KEYS = (*KNOWN_KEYS, *(key for keys in METHOD_KEYS.values() for key in keys))
+
+
+def keys_for(method: str) -> tuple[str, ...]:
+    """Every hyperparameter a job of ``method`` may set: OpenAI's, the method's, Tuna's."""
+    return (*STANDARD_KEYS, *METHOD_KEYS[method], *EXTENSION_DEFAULTS)
+
+
+def defaults_for(method: str) -> dict[str, Any]:
+    """The stored form of a job of ``method`` that set nothing: every key, "auto" or default."""
+    return DEFAULTS | dict.fromkeys(METHOD_KEYS[method], AUTO)
 
 
 class InvalidHyperparameter(ValueError):
@@ -96,6 +118,17 @@ def check_value(key: str, value: Any, *, auto: bool = True) -> Any:
                 key, f"expected a number greater than 0{also}, got {value!r}."
             )
         return float(value)
+    if key == "beta":
+        if auto and value == AUTO:
+            return AUTO
+        low, high = BETA_RANGE
+        if not _is_number(value) or not low < value <= high:
+            also = ' or "auto"' if auto else ""
+            raise InvalidHyperparameter(
+                key, f"expected a number greater than {low:g} and at most {high:g}{also}, "
+                f"got {value!r}."
+            )
+        return float(value)
     if key == "training_type":
         return _one_of(key, value, TRAINING_TYPES)
     if key == "lora_rank":
@@ -108,14 +141,15 @@ def check_value(key: str, value: Any, *, auto: bool = True) -> Any:
         if not _is_number(value) or not 0 <= value < 1:
             raise InvalidHyperparameter(key, f"expected a number in [0, 1), got {value!r}.")
         return float(value)
-    raise InvalidHyperparameter(key, f"unknown hyperparameter; supported: {', '.join(KNOWN_KEYS)}.")
+    raise InvalidHyperparameter(key, f"unknown hyperparameter; supported: {', '.join(ALL_KEYS)}.")
 
 
 def check_precision(value: Any) -> Precision:
     return _one_of("precision", value, PRECISIONS)  # type: ignore[return-value]
 
 
-def engine_arguments(stored: Mapping[str, Any]) -> dict[str, Any]:
+def engine_arguments(stored: Mapping[str, Any], method: str = "supervised") -> dict[str, Any]:
     """A job's stored hyperparameters as `TrainingConfig` keyword arguments: "auto" is None."""
-    values = DEFAULTS | dict(stored)
-    return {key: (None if values[key] == AUTO else values[key]) for key in KNOWN_KEYS}
+    values = defaults_for(method) | dict(stored)
+    arguments = {key: (None if values[key] == AUTO else values[key]) for key in keys_for(method)}
+    return {"method": method, **arguments}

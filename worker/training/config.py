@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 
 from tuna_core import hyperparameters as hp
 from tuna_core.devices import DEVICES, Device
-from tuna_core.hyperparameters import BATCH_SIZE_RANGE, Precision, TrainingType
+from tuna_core.hyperparameters import BATCH_SIZE_RANGE, DEFAULT_BETA, Method, Precision, TrainingType
 
 Compile = Literal["auto", "on", "off"]
 COMPILE_CHOICES: tuple[str, ...] = get_args(Compile)
@@ -40,6 +40,13 @@ class TrainingConfig:
     output_dir: Path
     local_models: dict[str, Path] = field(default_factory=dict)
     validation_file: Path | None = None
+    # "supervised" (chat or prompt/completion examples) or "dpo" (preference pairs).
+    method: Method = "supervised"
+    # DPO's beta; None: "auto" (DEFAULT_BETA).  Only a DPO run may set it.
+    beta: float | None = None
+    # Continue training a fine-tuned model: a folder the engine wrote (a job's ``final`` or a
+    # checkpoint), whose ``tuna_model.json`` names ``base_model``.  None: start from the base.
+    init_from: Path | None = None
     training_type: TrainingType = hp.EXTENSION_DEFAULTS["training_type"]
     n_epochs: int | None = None
     batch_size: int | None = None
@@ -71,7 +78,7 @@ class TrainingConfig:
     eval_every_steps: int | None = None
 
     def __post_init__(self) -> None:
-        for name in (*_PATH_FIELDS, "resume_from_checkpoint"):
+        for name in (*_PATH_FIELDS, "resume_from_checkpoint", "init_from"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
@@ -80,10 +87,14 @@ class TrainingConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range field."""
-        for key in hp.KNOWN_KEYS:
+        if self.method not in hp.METHODS:
+            raise ValueError(f"method must be one of {', '.join(hp.METHODS)}, not {self.method!r}")
+        for key in hp.keys_for(self.method):
             value = getattr(self, key)
             if value is not None:  # None: "auto", chosen from the data
                 hp.check_value(key, value, auto=False)
+        if self.beta is not None and "beta" not in hp.keys_for(self.method):
+            raise ValueError(f"beta is a DPO hyperparameter; a {self.method} run cannot set it")
         hp.check_precision(self.precision)
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
@@ -111,7 +122,7 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: paths become strings."""
-        out = asdict(self)
+        out: dict[str, Any] = asdict(self)
         for key, value in out.items():
             if isinstance(value, Path):
                 out[key] = str(value)
@@ -127,6 +138,7 @@ class ResolvedHyperparameters:
     batch_size: int
     learning_rate_multiplier: float
     learning_rate: float
+    beta: float | None = None  # DPO only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,9 +191,13 @@ def resolve_hyperparameters(
         if cfg.learning_rate_multiplier is not None
         else auto_learning_rate_multiplier(batch_size)
     )
+    beta = None
+    if cfg.method == "dpo":
+        beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA
     return ResolvedHyperparameters(
         n_epochs=n_epochs,
         batch_size=batch_size,
         learning_rate_multiplier=multiplier,
         learning_rate=BASE_LEARNING_RATE[cfg.training_type] * multiplier,
+        beta=beta,
     )
