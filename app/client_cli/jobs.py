@@ -21,6 +21,8 @@ from app.client_cli.common import (
     when,
 )
 from app.client_cli.files import upload_with_progress
+from tuna_core.hyperparameters import METHODS, InvalidHyperparameter, check_value
+from tuna_core.metrics import METHOD_METRICS, SPLITS, metric_names
 
 #: `tuna jobs follow` exit statuses, by the job's final status.
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}
@@ -28,6 +30,50 @@ EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}
 EXIT_INTERRUPTED = 130
 
 LEVEL_STYLES = {"warn": "yellow", "error": "bold red"}
+
+#: How the progress line shows a metric (named as in `tuna_core.metrics`, without its split):
+#: a short label and a format. Loss is always first; the method's other metrics that have a label
+#: here follow it (DPO: reward accuracy and margin; supervised: loss alone).
+SHORT_LABELS: dict[str, tuple[str, str]] = {
+    "reward_accuracy": ("acc", "{:.1%}"),
+    "reward_margin": ("margin", "{:.4f}"),
+}
+
+
+def job_method(job: dict[str, Any]) -> str:
+    """The job's training method (`method.type`); jobs from older servers are supervised."""
+    return str((job.get("method") or {}).get("type") or "supervised")
+
+
+def method_hyperparameters(job: dict[str, Any]) -> dict[str, Any]:
+    """`method.<type>.hyperparameters` of a job, or {}."""
+    method = job.get("method") or {}
+    return dict((method.get(job_method(job)) or {}).get("hyperparameters") or {})
+
+
+def format_metric(name: str, value: Any) -> str:
+    """A metric's value for people: accuracies as percentages, the rest with 4 decimals."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return str(value)
+    return f"{value:.1%}" if name.endswith("accuracy") else f"{value:.4f}"
+
+
+class BetaType(click.ParamType):
+    """DPO's beta: "auto" or a number in (0, 2], checked by the same rule as the API's."""
+
+    name = "beta"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            number: Any = float(value)
+        except ValueError:
+            number = value
+        try:
+            return check_value("beta", number)
+        except InvalidHyperparameter as exc:
+            self.fail(exc.reason, param, ctx)
 
 
 @click.group()
@@ -49,7 +95,11 @@ def _file_id(ctx: Ctx, value: str | None) -> str | None:
 
 
 @jobs.command("create")
-@click.option("--model", required=True, help="Base model (see /v1/models), or an ft: model.")
+@click.option(
+    "--model",
+    required=True,
+    help="Base model (see /v1/models), or an ft: model or checkpoint to train further.",
+)
 @click.option("--file", "training_file", required=True, help="Training file id (or a local path).")
 @click.option("--validation-file", default=None, help="Validation file id (or a local path).")
 @click.option("--suffix", default=None, help="Up to 64 characters, put in the ft: model id.")
@@ -58,6 +108,21 @@ def _file_id(ctx: Ctx, value: str | None) -> str | None:
 @click.option("--lr-multiplier", type=float, default=None, help="learning_rate_multiplier (auto)")
 @click.option("--seed", type=click.IntRange(0, 2147483647), default=None)
 @click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA.")
+@click.option(
+    "--method",
+    "method_type",
+    type=click.Choice(METHODS),
+    default="supervised",
+    show_default=True,
+    help="supervised (chat/completion examples) or dpo (preference pairs).",
+)
+@click.option(
+    "--beta",
+    type=BetaType(),
+    default=None,
+    metavar="NUMBER|auto",
+    help="DPO's beta, in (0, 2] (auto); needs --method dpo.",
+)
 @click.option("--follow", "follow_after", is_flag=True, help="Then follow it (like `follow`).")
 @api_command
 def jobs_create(
@@ -71,9 +136,13 @@ def jobs_create(
     lr_multiplier: float | None,
     seed: int | None,
     full: bool,
+    method_type: str,
+    beta: float | str | None,
     follow_after: bool,
 ) -> None:
-    """Create a supervised fine-tuning job and print its id."""
+    """Create a fine-tuning job (supervised or DPO) and print its id."""
+    if beta is not None and method_type != "dpo":
+        raise click.UsageError("--beta is a DPO hyperparameter: add --method dpo.")
     body: dict[str, Any] = {"model": model, "training_file": _file_id(ctx, training_file)}
     if validation_file:
         body["validation_file"] = _file_id(ctx, validation_file)
@@ -88,13 +157,14 @@ def jobs_create(
         hyperparameters["batch_size"] = batch_size
     if lr_multiplier is not None:
         hyperparameters["learning_rate_multiplier"] = lr_multiplier
+    if beta is not None:
+        hyperparameters["beta"] = beta
     if full:
         hyperparameters["training_type"] = "full"  # Tuna's extension; LoRA is the default
     if hyperparameters:
-        body["method"] = {
-            "type": "supervised",
-            "supervised": {"hyperparameters": hyperparameters},
-        }
+        body["method"] = {"type": method_type, method_type: {"hyperparameters": hyperparameters}}
+    elif method_type != "supervised":
+        body["method"] = {"type": method_type}  # supervised is what a job without one gets
     job = ctx.client.post("/v1/fine_tuning/jobs", body)
     if ctx.json:
         ctx.emit_json(job)
@@ -137,13 +207,14 @@ def jobs_ls(ctx: Ctx, limit: int) -> None:
 @click.argument("job_id")
 @api_command
 def jobs_get(ctx: Ctx, job_id: str) -> None:
-    """Show one job."""
+    """Show one job: details, hyperparameters and (DPO) its latest metrics."""
     job = ctx.client.job(job_id)
     if ctx.json:
         ctx.emit_json(job)
         return
     hp = job.get("hyperparameters") or {}
-    method_hp = ((job.get("method") or {}).get("supervised") or {}).get("hyperparameters") or {}
+    method = job_method(job)
+    method_hp = method_hyperparameters(job)
     rows = [
         ("id", job["id"]),
         ("status", styled_status(job["status"])),
@@ -154,12 +225,19 @@ def jobs_get(ctx: Ctx, job_id: str) -> None:
         ("created", when(job.get("created_at"))),
         ("finished", when(job.get("finished_at"))),
         ("trained_tokens", str(job.get("trained_tokens") or "-")),
+        ("method", escape(method)),
+    ]
+    if "beta" in method_hp:
+        rows.append(("beta", str(method_hp["beta"])))
+    rows += [
         ("n_epochs", str(hp.get("n_epochs", "-"))),
         ("batch_size", str(hp.get("batch_size", "-"))),
         ("lr_multiplier", str(hp.get("learning_rate_multiplier", "-"))),
         ("training_type", str(method_hp.get("training_type", "-"))),
         ("seed", str(job.get("seed", "-"))),
     ]
+    if method != "supervised" and method in METHOD_METRICS:
+        rows += _latest_metric_rows(ctx, job["id"], method)
     if job.get("error"):
         rows.append(("error", f"[red]{escape(job['error'].get('message') or '')}[/]"))
     table = Table.grid(padding=(0, 2))
@@ -168,6 +246,29 @@ def jobs_get(ctx: Ctx, job_id: str) -> None:
     for key, value in rows:
         table.add_row(key, value)
     ctx.out.print(table)
+
+
+# One page of events is plenty to find the newest metrics event (most events are metrics).
+_METRICS_LOOKBACK = 100
+
+
+def _latest_metric_rows(ctx: Ctx, job_id: str, method: str) -> list[tuple[str, str]]:
+    """The method's metrics from the newest metrics event that has each split, newest step
+    first: `train_*` and `valid_*` as training left them, `full_valid_*` from the final pass."""
+    events = ctx.client.events_page(job_id, limit=_METRICS_LOOKBACK).get("data", [])
+    measured = [e["data"] for e in events if e.get("type") == "metrics" and e.get("data")]
+    if not measured:
+        return []
+    rows = [("step", f"{measured[0].get('step', '-')}/{measured[0].get('total_steps') or '?'}")]
+    for split in SPLITS:
+        names = metric_names(method, split)
+        latest = next((data for data in measured if any(n in data for n in names)), None)
+        if latest is not None:
+            rows += [(n, format_metric(n, latest[n])) for n in names if n in latest]
+    return rows
+
+
+jobs.add_command(jobs_get, "show")  # `tuna jobs show JOB_ID`, the same command
 
 
 @jobs.command("cancel")
@@ -216,17 +317,38 @@ class _Metrics:
             self.first_seen = (time.monotonic(), step)
 
     def fields(self, job: dict[str, Any]) -> dict[str, str]:
-        loss = self.data.get("train_loss")
-        valid = self.data.get("valid_loss")
         tps = self.data.get("tokens_per_second")
-        loss_text = "-" if loss is None else f"{loss:.4f}"
-        if valid is not None:
-            loss_text += f" (val {valid:.4f})"
         return {
-            "loss": loss_text,
+            "metrics": self._metrics_text(job_method(job)),
             "tps": "-" if tps is None else f"{tps:,.0f}",
             "eta": self._eta(job),
         }
+
+    def _metrics_text(self, method: str) -> str:
+        """`loss 0.6931 (val 0.7012)`, then the method's other labelled metrics (DPO:
+        `acc 75.0% margin 0.1234`)."""
+        method = method if method in METHOD_METRICS else "supervised"
+        keys = zip(
+            METHOD_METRICS[method],
+            metric_names(method, "train"),
+            metric_names(method, "valid"),
+            strict=True,
+        )
+        parts = []
+        for name, train_key, valid_key in keys:
+            if name == "loss":
+                label, pattern = "loss", "{:.4f}"
+            elif name in SHORT_LABELS:
+                label, pattern = SHORT_LABELS[name]
+            else:
+                continue
+            train = self.data.get(train_key)
+            valid = self.data.get(valid_key)
+            text = "-" if train is None else pattern.format(train)
+            if valid is not None:
+                text += f" (val {pattern.format(valid)})"
+            parts.append(f"{label} [bold]{text}[/]")
+        return " ".join(parts)
 
     def _eta(self, job: dict[str, Any]) -> str:
         if job.get("status") in TERMINAL_STATUSES:
@@ -248,7 +370,7 @@ def follow_job(ctx: Ctx, job_id: str, interval: float = 1.0) -> int:
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("step {task.completed:.0f}/{task.fields[total_text]}"),
-        TextColumn("loss [bold]{task.fields[loss]}[/]"),
+        TextColumn("{task.fields[metrics]}"),
         TextColumn("{task.fields[tps]} tok/s"),
         TextColumn("ETA {task.fields[eta]}"),
         console=ctx.out,
@@ -259,7 +381,9 @@ def follow_job(ctx: Ctx, job_id: str, interval: float = 1.0) -> int:
     job: dict[str, Any] = {}
     try:
         with progress:
-            task = progress.add_task("", total=None, total_text="?", loss="-", tps="-", eta="-")
+            task = progress.add_task(
+                "", total=None, total_text="?", metrics="loss [bold]-[/]", tps="-", eta="-"
+            )
             while True:
                 job = ctx.client.job(job_id)  # before the events: a final status has its events
                 for event in ctx.client.new_events(job_id, seen):
@@ -277,7 +401,7 @@ def follow_job(ctx: Ctx, job_id: str, interval: float = 1.0) -> int:
                     completed=metrics.step,
                     total=metrics.total,
                     total_text=str(metrics.total or "?"),
-                    loss=fields["loss"],
+                    metrics=fields["metrics"],
                     tps=fields["tps"],
                     eta=fields["eta"],
                 )
