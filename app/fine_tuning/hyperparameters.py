@@ -1,11 +1,12 @@
-"""Supervised hyperparameters: parsing the request, the stored form, and what the job shows.
+"""A job's hyperparameters: parsing the request, the stored form, and what the job shows.
 
 Checked by hand rather than by pydantic so that every error names the exact parameter the caller
-sent (`hyperparameters.n_epochs` or `method.supervised.hyperparameters.n_epochs`): pydantic's
-locations for `"auto" | int` unions carry the union branch, which is no use to a client.
+sent (`hyperparameters.n_epochs` or `method.dpo.hyperparameters.beta`): pydantic's locations for
+`"auto" | int` unions carry the union branch, which is no use to a client.
 
-The names, ranges and defaults are `tuna_core.hyperparameters`, which the engine checks with too.
-The stored form (the job's `hyperparameters` column) is complete: every key present, "auto" kept
+The names, ranges and defaults are `tuna_core.hyperparameters`, which the engine checks with too;
+which keys a job may set depends on its method (`keys_for`: DPO adds `beta`). The stored form
+(the job's `hyperparameters` column) is complete: every key of the method present, "auto" kept
 as the string "auto", the extensions filled with their defaults. The worker turns it into engine
 arguments with `tuna_core.hyperparameters.engine_arguments`; the API shows "auto" until
 `resolved_hyperparameters` exists.
@@ -19,18 +20,28 @@ from typing import Any
 from app.errors import InvalidRequest
 from tuna_core.hyperparameters import (
     AUTO,
-    DEFAULTS,
-    KNOWN_KEYS,
+    METHOD_KEYS,
     STANDARD_KEYS,
     InvalidHyperparameter,
     check_value,
+    defaults_for,
+    keys_for,
 )
 
 
-def _check_one(key: str, value: Any, param: str) -> Any:
-    if key not in KNOWN_KEYS:
+def _check_one(key: str, value: Any, param: str, method: str) -> Any:
+    allowed = keys_for(method)
+    if key not in allowed:
+        owners = [name for name, keys in METHOD_KEYS.items() if key in keys]
+        if owners:
+            raise InvalidRequest(
+                f"Unknown hyperparameter for the {method} method: '{param}'. '{key}' is a "
+                f"hyperparameter of the {' and '.join(owners)} method. Supported: "
+                f"{', '.join(allowed)}.",
+                param=param,
+            )
         raise InvalidRequest(
-            f"Unknown hyperparameter: '{param}'. Supported: {', '.join(KNOWN_KEYS)}.", param=param
+            f"Unknown hyperparameter: '{param}'. Supported: {', '.join(allowed)}.", param=param
         )
     try:
         return check_value(key, value)
@@ -38,8 +49,9 @@ def _check_one(key: str, value: Any, param: str) -> Any:
         raise InvalidRequest(f"Invalid value for '{param}': {exc.reason}", param=param) from None
 
 
-def parse(raw: Any, prefix: str) -> dict[str, Any]:
-    """Check a caller's hyperparameters object; returns only the keys given, normalized.
+def parse(raw: Any, prefix: str, method: str = "supervised") -> dict[str, Any]:
+    """Check a caller's hyperparameters object for a job of `method`; returns only the keys
+    given, normalized.
 
     `prefix` is where the object sat in the request (for `param`).
     """
@@ -47,13 +59,20 @@ def parse(raw: Any, prefix: str) -> dict[str, Any]:
         return {}
     if not isinstance(raw, Mapping):
         raise InvalidRequest(f"Invalid value for '{prefix}': expected an object.", param=prefix)
-    return {key: _check_one(str(key), value, f"{prefix}.{key}") for key, value in raw.items()}
+    return {
+        key: _check_one(str(key), value, f"{prefix}.{key}", method) for key, value in raw.items()
+    }
 
 
 def merge(
-    method_values: dict[str, Any], legacy_values: dict[str, Any], *, method_prefix: str
+    method_values: dict[str, Any],
+    legacy_values: dict[str, Any],
+    *,
+    method_prefix: str,
+    method: str = "supervised",
 ) -> dict[str, Any]:
-    """Combine `method.supervised.hyperparameters` with the deprecated top-level form.
+    """Combine `method.<type>.hyperparameters` with the deprecated top-level form, over the
+    method's defaults.
 
     Both forms are accepted, and giving the same value twice is harmless; two different values
     for one key are refused rather than silently picking one.
@@ -66,13 +85,20 @@ def merge(
                 "under 'method' only.",
                 param=f"hyperparameters.{key}",
             )
-    return DEFAULTS | legacy_values | method_values
+    return defaults_for(method) | legacy_values | method_values
 
 
-def shown(requested: Mapping[str, Any], resolved: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The job's hyperparameters as the API shows them: numbers once resolved, else "auto"."""
-    values = DEFAULTS | dict(requested)
-    for key in STANDARD_KEYS:
+def shown(
+    requested: Mapping[str, Any],
+    resolved: Mapping[str, Any] | None,
+    method: str = "supervised",
+) -> dict[str, Any]:
+    """The job's hyperparameters as the API shows them: numbers once resolved, else "auto".
+
+    Every key of the method, in `keys_for(method)` order.
+    """
+    values = defaults_for(method) | dict(requested)
+    for key in (*STANDARD_KEYS, *METHOD_KEYS[method]):
         if values[key] == AUTO and resolved and resolved.get(key) is not None:
             values[key] = resolved[key]
-    return values
+    return {key: values[key] for key in keys_for(method)}

@@ -15,7 +15,7 @@ from app.fine_tuning import hyperparameters as hp
 from app.orm import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
 from app.orm.base import unix
 from app.wire import OmitWhenNone
-from tuna_core.hyperparameters import KNOWN_KEYS, STANDARD_KEYS, TrainingType
+from tuna_core.hyperparameters import STANDARD_KEYS, TrainingType
 
 Status = Literal[
     "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"
@@ -61,13 +61,35 @@ class SupervisedHyperparameters(Hyperparameters):
     lora_dropout: float
 
 
+class DpoHyperparameters(SupervisedHyperparameters):
+    """OpenAI's DPO hyperparameters (its three and `beta`) plus Tuna's extensions."""
+
+    beta: AutoFloat
+
+
 class SupervisedMethod(BaseModel):
     hyperparameters: SupervisedHyperparameters
 
 
-class Method(BaseModel):
-    type: Literal["supervised"] = "supervised"
-    supervised: SupervisedMethod
+class DpoMethod(BaseModel):
+    hyperparameters: DpoHyperparameters
+
+
+class Method(OmitWhenNone):
+    """`{"type": T, T: {"hyperparameters": {...}}}`: only the job's own method's object (OpenAI's
+    schema types the others as objects, so they are left out rather than null)."""
+
+    omit_when_none = frozenset({"supervised", "dpo"})
+
+    type: Literal["supervised", "dpo"] = "supervised"
+    supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+
+    @classmethod
+    def of(cls, method: str, values: dict[str, Any]) -> Method:
+        if method == "dpo":
+            return cls(type="dpo", dpo=DpoMethod(hyperparameters=DpoHyperparameters(**values)))
+        return cls(supervised=SupervisedMethod(hyperparameters=SupervisedHyperparameters(**values)))
 
 
 class FineTuningJobObject(BaseModel):
@@ -96,7 +118,7 @@ class FineTuningJobObject(BaseModel):
 
     @classmethod
     def of(cls, job: FineTuningJob, organization_id: str) -> FineTuningJobObject:
-        values = hp.shown(job.hyperparameters, job.resolved_hyperparameters)
+        values = hp.shown(job.hyperparameters, job.resolved_hyperparameters, job.method_type)
         error = None
         if job.error_code or job.error_message:
             error = JobError(code=job.error_code, message=job.error_message, param=job.error_param)
@@ -108,11 +130,7 @@ class FineTuningJobObject(BaseModel):
             error=error,
             fine_tuned_model=job.fine_tuned_model,
             hyperparameters=Hyperparameters(**{k: values[k] for k in STANDARD_KEYS}),
-            method=Method(
-                supervised=SupervisedMethod(
-                    hyperparameters=SupervisedHyperparameters(**{k: values[k] for k in KNOWN_KEYS})
-                )
-            ),
+            method=Method.of(job.method_type, values),
             model=job.model,
             organization_id=organization_id,
             result_files=list(job.result_files or []),

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.catalog.base_models import find_offered_base_model
+from app.catalog.repository import ModelRepository
 from app.config import Settings
 from app.db import after_commit
 from app.errors import InvalidRequest, NotFound, RateLimited
@@ -28,11 +29,12 @@ from app.fine_tuning.repository import JOB_PREFIX, FineTuningRepository
 from app.fine_tuning.schemas import CreateFineTuningJobRequest
 from app.fine_tuning.state import ACTIVE, JobStatus
 from app.ids import new_id
-from app.orm import FineTuningCheckpoint, FineTuningEvent, FineTuningJob, Project
+from app.orm import FineTunedModel, FineTuningCheckpoint, FineTuningEvent, FineTuningJob, Project
 from app.orm.base import utcnow
 from app.pagination import Page
 from app.quotas import hold_project
 from tuna_core.dataset import METHOD_FORMATS
+from tuna_core.hyperparameters import EXTENSION_DEFAULTS
 from tuna_core.model_ids import SUFFIX_PATTERN
 
 logger = logging.getLogger("tuna.fine_tuning")
@@ -42,8 +44,11 @@ MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 METHOD_TYPES = ("supervised", "dpo", "reinforcement")
-SUPPORTED_METHODS = ("supervised",)
+SUPPORTED_METHODS = ("supervised", "dpo")
 FINE_TUNE_PURPOSE = "fine-tune"
+FINE_TUNED_PREFIX = "ft:"
+# What a LoRA adapter keeps when training continues it: its shape and scale are its own.
+ADAPTER_KEYS = ("lora_rank", "lora_alpha")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,17 @@ class ValidatedJob:
     hyperparameters: dict[str, Any]
     metadata: dict[str, str] | None
     integrations: list[Any] | None
+    # Where the caller set each hyperparameter it set (`method.dpo.hyperparameters.beta` or
+    # `hyperparameters.n_epochs`), for errors found later that name one.
+    given: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """The weights a job starts from: a base model, or one of the project's `ft:` models."""
+
+    base_model: str  # canonical name of the base the weights descend from
+    source: FineTunedModel | None = None  # continued training: the model it continues
 
 
 class FineTuningService:
@@ -71,13 +87,9 @@ class FineTuningService:
 
     def create(self, project: Project, request: CreateFineTuningJobRequest) -> FineTuningJob:
         checked = validate_create(request)
-        base = find_offered_base_model(self.settings, request.model)
-        if base is None:
-            raise InvalidRequest(
-                f"The model '{request.model}' does not exist or you do not have access to it.",
-                param="model",
-                code="model_not_found",
-            )
+        start = self._starting_point(project, request.model)
+        hyperparameters = dict(checked.hyperparameters)
+        notes = self._continue_from(start, checked, hyperparameters) if start.source else []
         self._check_file(project, request.training_file, "training_file", checked.method)
         self._check_running_quota(project)
         if request.validation_file is not None:
@@ -87,13 +99,16 @@ class FineTuningService:
             FineTuningJob(
                 id=new_id(JOB_PREFIX),
                 project_id=project.id,
-                model=base.name,
+                # The caller's `ft:` id as given; a base model under its canonical name.
+                model=start.source.id if start.source else start.base_model,
+                base_model=start.base_model,
+                init_from=start.source.storage_key if start.source else None,
                 training_file=request.training_file,
                 validation_file=request.validation_file,
                 suffix=checked.suffix,
                 seed=checked.seed,
                 method_type=checked.method,
-                hyperparameters=checked.hyperparameters,
+                hyperparameters=hyperparameters,
                 status=JobStatus.VALIDATING_FILES.value,
                 result_files=[],
                 metadata_=checked.metadata,
@@ -102,6 +117,8 @@ class FineTuningService:
             )
         )
         self.jobs.add_event(job.id, f"Created fine-tuning job: {job.id}")
+        for level, note in notes:
+            self.jobs.add_event(job.id, note, level=level)
         for integration in checked.integrations or []:
             self.jobs.add_event(
                 job.id,
@@ -114,6 +131,88 @@ class FineTuningService:
             self.jobs.add_event(job.id, f"Validating validation file: {job.validation_file}")
         self._enqueue_after_commit(job.id)
         return job
+
+    def _starting_point(self, project: Project, model: str) -> StartingPoint:
+        """A base model the server offers, or a `ft:` model (final or checkpoint) of the
+        project; another project's `ft:` model answers exactly like one that does not exist."""
+        base = find_offered_base_model(self.settings, model)
+        if base is not None:
+            return StartingPoint(base.name)
+        source = ModelRepository(self.session).get(project.id, model)
+        if source is None:
+            message = f"The model '{model}' does not exist or you do not have access to it."
+            if model.startswith(FINE_TUNED_PREFIX):
+                raise NotFound(message, param="model", code="model_not_found")
+            raise InvalidRequest(message, param="model", code="model_not_found")
+        base = find_offered_base_model(self.settings, source.base_model)
+        if base is None:
+            raise InvalidRequest(
+                f"The model '{model}' was fine-tuned from '{source.base_model}', which this "
+                "server no longer offers.",
+                param="model",
+                code="model_not_found",
+            )
+        return StartingPoint(base.name, source)
+
+    def _continue_from(
+        self, start: StartingPoint, checked: ValidatedJob, hyperparameters: dict[str, Any]
+    ) -> list[tuple[str, str]]:
+        """Check and settle a continued job's training type and LoRA shape (`hyperparameters`
+        is updated in place); returns the events (level, message) that tell the caller.
+
+        A full fine-tune cannot take a LoRA adapter on top (the result would need a base no
+        server has); a LoRA source continues as the same adapter, or is merged for full
+        training. Without a `training_type`, the job keeps its source's.
+        """
+        source = start.source
+        assert source is not None
+        param = checked.given.get("training_type")
+        if param is None:
+            hyperparameters["training_type"] = source.training_type
+        if source.training_type == "full":
+            if hyperparameters["training_type"] == "lora":
+                raise InvalidRequest(
+                    f"Invalid value for '{param}': '{source.id}' is a full fine-tune, which "
+                    "cannot be continued with LoRA. Use training_type 'full' (or leave it out).",
+                    param=param,
+                    code="invalid_training_type",
+                )
+            return [("info", f"Continuing the full fine-tune {source.id} of {start.base_model}")]
+        if hyperparameters["training_type"] == "full":
+            return [
+                (
+                    "info",
+                    f"Training every weight of {start.base_model} with the LoRA adapter of "
+                    f"{source.id} merged in",
+                )
+            ]
+        # LoRA on LoRA: the adapter is trained further as it is, with its own rank and alpha
+        # (the source job stored the ones its adapter has, this one does too).
+        source_job = self.jobs.get_job(source.job_id)
+        stored = source_job.hyperparameters if source_job is not None else {}
+        adapter = {key: stored.get(key, EXTENSION_DEFAULTS[key]) for key in ADAPTER_KEYS}
+        notes = [
+            (
+                "info",
+                f"Continuing the LoRA adapter of {source.id} (rank {adapter['lora_rank']}, "
+                f"alpha {adapter['lora_alpha']}) on {start.base_model}",
+            )
+        ]
+        ignored = [
+            f"{key} {hyperparameters[key]}"
+            for key in ADAPTER_KEYS
+            if key in checked.given and hyperparameters[key] != adapter[key]
+        ]
+        if ignored:
+            notes.append(
+                (
+                    "warn",
+                    f"{' and '.join(ignored)} do not apply: a continued adapter keeps its own "
+                    f"rank {adapter['lora_rank']} and alpha {adapter['lora_alpha']}",
+                )
+            )
+        hyperparameters.update(adapter)
+        return notes
 
     def _check_running_quota(self, project: Project) -> None:
         limit = self.settings.max_running_jobs_per_project
@@ -275,24 +374,31 @@ def validate_create(request: CreateFineTuningJobRequest) -> ValidatedJob:
             f"Invalid value for 'seed': it must be between 0 and {MAX_SEED}, got {seed}.",
             param="seed",
         )
+    method, hyperparameters, given = _hyperparameters(request.method, request.hyperparameters)
     return ValidatedJob(
         suffix=suffix,
         seed=seed,
-        hyperparameters=_hyperparameters(request.method, request.hyperparameters),
-        # `_hyperparameters` refused any type but the supported ones.
-        method=str(request.method["type"]) if request.method else "supervised",
+        hyperparameters=hyperparameters,
+        method=method,
         metadata=_metadata(request.metadata),
         integrations=_integrations(request.integrations),
+        given=given,
     )
 
 
 def _hyperparameters(
     method: dict[str, Any] | None, legacy: dict[str, Any] | None
-) -> dict[str, Any]:
-    prefix = "method.supervised.hyperparameters"
+) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """(method type, stored hyperparameters, where each given key was set).
+
+    OpenAI's form: `{"type": T, T: {"hyperparameters": {...}}}`; the object of another type
+    (`method.dpo` beside type `supervised`) is refused rather than ignored. The deprecated
+    top-level `hyperparameters` takes the same keys as the method.
+    """
+    kind = "supervised"
     method_values: dict[str, Any] = {}
     if method is not None:
-        kind = method.get("type")
+        kind = method.get("type")  # type: ignore[assignment]
         if kind is None:
             raise InvalidRequest("Missing required parameter: 'method.type'.", param="method.type")
         if kind not in METHOD_TYPES:
@@ -303,22 +409,36 @@ def _hyperparameters(
             )
         if kind not in SUPPORTED_METHODS:
             raise InvalidRequest(
-                f"The fine-tuning method '{kind}' is not supported yet; use 'supervised'.",
+                f"The fine-tuning method '{kind}' is not supported yet; use "
+                f"{' or '.join(repr(m) for m in SUPPORTED_METHODS)}.",
                 param="method.type",
                 code="unsupported_method",
             )
-        _no_unknown_keys(method, {"type", "supervised"}, "method")
-        supervised = method.get("supervised")
-        if supervised is not None:
-            if not isinstance(supervised, dict):
+        for key in method:
+            if key in METHOD_TYPES and key != kind:
                 raise InvalidRequest(
-                    "Invalid value for 'method.supervised': expected an object.",
-                    param="method.supervised",
+                    f"Invalid parameter 'method.{key}': the method type is '{kind}', so its "
+                    f"hyperparameters go under 'method.{kind}'.",
+                    param=f"method.{key}",
                 )
-            _no_unknown_keys(supervised, {"hyperparameters"}, "method.supervised")
-            method_values = hp.parse(supervised.get("hyperparameters"), prefix)
-    legacy_values = hp.parse(legacy, "hyperparameters")
-    return hp.merge(method_values, legacy_values, method_prefix=prefix)
+        _no_unknown_keys(method, {"type", kind}, "method")
+        body = method.get(kind)
+        if body is not None:
+            if not isinstance(body, dict):
+                raise InvalidRequest(
+                    f"Invalid value for 'method.{kind}': expected an object.",
+                    param=f"method.{kind}",
+                )
+            _no_unknown_keys(body, {"hyperparameters"}, f"method.{kind}")
+            method_values = hp.parse(
+                body.get("hyperparameters"), f"method.{kind}.hyperparameters", kind
+            )
+    prefix = f"method.{kind}.hyperparameters"
+    legacy_values = hp.parse(legacy, "hyperparameters", kind)
+    given = {key: f"hyperparameters.{key}" for key in legacy_values}
+    given |= {key: f"{prefix}.{key}" for key in method_values}
+    merged = hp.merge(method_values, legacy_values, method_prefix=prefix, method=kind)
+    return kind, merged, given
 
 
 def _no_unknown_keys(value: Mapping[str, Any], allowed: set[str], prefix: str) -> None:

@@ -19,7 +19,15 @@ class FineTuningJob(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    model: Mapped[str] = mapped_column(String(256))
+    # As the caller named it: a base model (canonical name) or, for continued training, one of
+    # the project's `ft:` models (a checkpoint's id included).
+    model: Mapped[str] = mapped_column(String(400))
+    # The base model the weights descend from: `model` itself, or the base of the `ft:` model
+    # it continues. None where a row was written without it: then `model` is the base.
+    base_model: Mapped[str | None] = mapped_column(String(256), default=None)
+    # Continued training: the storage key of the folder holding the weights it starts from (the
+    # source model's, copied at creation: the job does not follow a later change of that row).
+    init_from: Mapped[str | None] = mapped_column(String(256), default=None)
     training_file: Mapped[str] = mapped_column(String(40))
     validation_file: Mapped[str | None] = mapped_column(String(40), default=None)
     suffix: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -51,6 +59,11 @@ class FineTuningJob(Base):
     # reconciler sends what is missing, so a crash between commit and send loses nothing.
     enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
     resume_step: Mapped[int | None] = mapped_column(Integer, default=None)
+
+    @property
+    def trained_base_model(self) -> str:
+        """The base model whose architecture and tokenizer the job trains with."""
+        return self.base_model or self.model
 
 
 class FineTuningEvent(Base):

@@ -1,8 +1,10 @@
-"""Fixtures for the fine-tuning API tests: a recording job queue and a project we can name."""
+"""Fixtures for the fine-tuning API tests: a recording job queue, a project we can name, a
+preference file, and a project's `ft:` model rows to continue from."""
 
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -71,3 +73,66 @@ def tenant(server: LiveServer) -> Tenant:
 def upload(client: openai.OpenAI, content: bytes | None = None, purpose: str = "fine-tune") -> str:
     data = chat_jsonl(12) if content is None else content
     return client.files.create(file=("train.jsonl", io.BytesIO(data)), purpose=purpose).id  # type: ignore[arg-type]
+
+
+def preference_jsonl(n: int = 12) -> bytes:
+    """A DPO file: one prompt, a preferred and a non-preferred answer per line."""
+    lines = [
+        json.dumps(
+            {
+                "input": {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"}]},
+                "preferred_output": [{"role": "assistant", "content": str(2 * i)}],
+                "non_preferred_output": [{"role": "assistant", "content": str(2 * i + 1)}],
+            }
+        )
+        for i in range(n)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def add_fine_tuned_model(
+    server: LiveServer,
+    project_name: str,
+    *,
+    base: str = "tuna-tiny-test",
+    training_type: str = "lora",
+    hyperparameters: dict[str, object] | None = None,
+    checkpoint_step: int | None = None,
+) -> str:
+    """A succeeded job's model row (or a checkpoint's), as the worker records one; no files."""
+    from app.auth import get_or_create_project
+    from app.fine_tuning.repository import FineTuningRepository
+    from tuna_core.model_ids import checkpoint_model_id, fine_tuned_model_id
+
+    job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
+    with server.app.state.db.session_scope() as session:
+        project = get_or_create_project(session, project_name)
+        jobs = FineTuningRepository(session)
+        job = jobs.add_job(
+            FineTuningJob(
+                id=job_id,
+                project_id=project.id,
+                model=base,
+                base_model=base,
+                training_file="file-x",
+                seed=0,
+                hyperparameters={"training_type": training_type, **(hyperparameters or {})},
+                status="succeeded",
+                result_files=[],
+            )
+        )
+        model_id = fine_tuned_model_id(base, project_name, "src", job_id)
+        key = f"jobs/{job_id}/final"
+        if checkpoint_step is not None:
+            model_id = checkpoint_model_id(model_id, checkpoint_step)
+            key = f"jobs/{job_id}/checkpoints/step-{checkpoint_step}"
+        jobs.add_model(
+            model_id=model_id,
+            project_id=project.id,
+            job_id=job.id,
+            base_model=base,
+            training_type=training_type,
+            storage_key=key,
+            checkpoint_step=checkpoint_step,
+        )
+    return model_id
