@@ -47,8 +47,8 @@ METHOD_TYPES = ("supervised", "dpo", "reinforcement")
 SUPPORTED_METHODS = ("supervised", "dpo")
 FINE_TUNE_PURPOSE = "fine-tune"
 FINE_TUNED_PREFIX = "ft:"
-# What a LoRA adapter keeps when training continues it: its shape and scale are its own.
-ADAPTER_KEYS = ("lora_rank", "lora_alpha")
+# What a LoRA adapter keeps when training continues it: the engine loads it with its own config.
+ADAPTER_KEYS = ("lora_rank", "lora_alpha", "lora_dropout")
 
 
 @dataclass(frozen=True)
@@ -186,17 +186,17 @@ class FineTuningService:
                     f"{source.id} merged in",
                 )
             ]
-        # LoRA on LoRA: the adapter is trained further as it is, with its own rank and alpha
-        # (the source job stored the ones its adapter has, this one does too).
+        # LoRA on LoRA: the adapter is trained further as it is, with its own rank, alpha and
+        # dropout (the source job stored the ones its adapter has; this one does too).
         source_job = self.jobs.get_job(source.job_id)
         stored = source_job.hyperparameters if source_job is not None else {}
         adapter = {key: stored.get(key, EXTENSION_DEFAULTS[key]) for key in ADAPTER_KEYS}
+        shape = (
+            f"rank {adapter['lora_rank']}, alpha {adapter['lora_alpha']} and dropout "
+            f"{adapter['lora_dropout']}"
+        )
         notes = [
-            (
-                "info",
-                f"Continuing the LoRA adapter of {source.id} (rank {adapter['lora_rank']}, "
-                f"alpha {adapter['lora_alpha']}) on {start.base_model}",
-            )
+            ("info", f"Continuing the LoRA adapter of {source.id} ({shape}) on {start.base_model}")
         ]
         ignored = [
             f"{key} {hyperparameters[key]}"
@@ -208,7 +208,7 @@ class FineTuningService:
                 (
                     "warn",
                     f"{' and '.join(ignored)} do not apply: a continued adapter keeps its own "
-                    f"rank {adapter['lora_rank']} and alpha {adapter['lora_alpha']}",
+                    f"{shape}",
                 )
             )
         hyperparameters.update(adapter)

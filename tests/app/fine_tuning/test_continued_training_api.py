@@ -48,7 +48,7 @@ def test_a_supervised_job_continues_a_lora_model(
     assert stored.hyperparameters["training_type"] == "lora"
     assert (
         "info",
-        f"Continuing the LoRA adapter of {source} (rank 8, alpha 16) on {MODEL}",
+        f"Continuing the LoRA adapter of {source} (rank 8, alpha 16 and dropout 0.0) on {MODEL}",
     ) in messages(client, job.id)
     assert client.fine_tuning.jobs.retrieve(job.id).model == source
 
@@ -164,10 +164,10 @@ def test_a_continued_adapter_keeps_its_rank_and_alpha(server: LiveServer, tenant
     )
     for job in (quiet, asked):
         shown = job.to_dict()["method"]["supervised"]["hyperparameters"]
-        assert (shown["lora_rank"], shown["lora_alpha"]) == (4, 8)  # the adapter's own
-    assert asked.to_dict()["method"]["supervised"]["hyperparameters"]["lora_dropout"] == 0.1
+        assert (shown["lora_rank"], shown["lora_alpha"], shown["lora_dropout"]) == (4, 8, 0.0)
     assert not [m for level, m in messages(client, quiet.id) if level == "warn"]
     assert (
         "warn",
-        "lora_rank 16 do not apply: a continued adapter keeps its own rank 4 and alpha 8",
+        "lora_rank 16 and lora_dropout 0.1 do not apply: a continued adapter keeps its own "
+        "rank 4, alpha 8 and dropout 0.0",
     ) in messages(client, asked.id)
