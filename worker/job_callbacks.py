@@ -36,6 +36,7 @@ class JobPlan:
     model_id: str
     training_type: str
     output_dir: Path
+    method: str = "supervised"
 
 
 class JobCallbacks:
@@ -77,15 +78,12 @@ class JobCallbacks:
             return  # replayed after a resume: each step appears once in the metrics
         data: dict[str, Any] = {"step": step, "total_steps": total_steps}
         data.update({k: float(v) for k, v in metrics.items() if v is not None})
-        parts = [f"training loss={data['train_loss']:.4f}"] if "train_loss" in data else []
-        if "valid_loss" in data:
-            parts.append(f"validation loss={data['valid_loss']:.4f}")
         done = step - self._first_step + 1
         seconds_per_step = (time.monotonic() - self._started) / max(done, 1)
         with self.db.session_scope() as session:
             jobs = FineTuningRepository(session)
             jobs.add_metrics_event(
-                self.job_id, f"Step {step}/{total_steps}: {', '.join(parts)}", data
+                self.job_id, step_message(step, total_steps, data, self.plan.method), data
             )
             job = jobs.reload_job(self.job_id)
             if job is not None:
@@ -135,6 +133,30 @@ class JobCallbacks:
         if status != JobStatus.RUNNING:
             return "cancel"
         return None
+
+
+# The figures a step's event message names, per method: (metrics key, words). Every metric is in
+# the event's data; the message keeps to what a person follows in a log.
+_STEP_MESSAGE: dict[str, tuple[tuple[str, str], ...]] = {
+    "supervised": (("train_loss", "training loss"), ("valid_loss", "validation loss")),
+    "dpo": (
+        ("train_loss", "training loss"),
+        ("train_reward_accuracy", "reward accuracy"),
+        ("valid_loss", "validation loss"),
+        ("valid_reward_accuracy", "validation reward accuracy"),
+    ),
+}
+
+
+def step_message(step: int, total_steps: int, data: dict[str, Any], method: str) -> str:
+    """The event's message, e.g. `Step 3/12: training loss=0.6931, reward accuracy=0.50`
+    (losses to 4 places, accuracies to 2)."""
+    parts = [
+        f"{words}={data[key]:.{2 if key.endswith('accuracy') else 4}f}"
+        for key, words in _STEP_MESSAGE.get(method, _STEP_MESSAGE["supervised"])
+        if key in data
+    ]
+    return f"Step {step}/{total_steps}: {', '.join(parts)}"
 
 
 def _checkpoint_metrics(metrics: dict[str, float]) -> dict[str, float]:

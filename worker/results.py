@@ -1,4 +1,9 @@
-"""A finished job's results file: OpenAI's per-step CSV, built from its metrics events."""
+"""A finished job's results file: a per-step CSV, built from its metrics events.
+
+Supervised jobs get OpenAI's columns exactly, which its users parse. OpenAI documents no results
+columns for DPO; a DPO job gets ``step`` and the method's metric names
+(`tuna_core.metrics`) on the training and the validation batch.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import csv
 import io
 from collections.abc import Iterable
 from typing import Any
+
+from tuna_core.metrics import metric_names
 
 FILENAME = "step_metrics.csv"
 PURPOSE = "fine-tune-results"
@@ -20,13 +27,22 @@ _SOURCES = (
 )
 
 
-def results_csv(metrics: Iterable[dict[str, Any]]) -> bytes:
-    """One row per step, in the columns OpenAI's users parse; a missing value is empty."""
+def columns(method: str = "supervised") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the CSV's header, the metrics event key of each column) for a job of ``method``."""
+    if method == "supervised":
+        return COLUMNS, _SOURCES
+    names = ("step", *metric_names(method, "train"), *metric_names(method, "valid"))
+    return names, names
+
+
+def results_csv(metrics: Iterable[dict[str, Any]], method: str = "supervised") -> bytes:
+    """One row per step; a value not measured (no validation batch that step) is empty."""
+    header, sources = columns(method)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(COLUMNS)
+    writer.writerow(header)
     for m in metrics:
-        writer.writerow([m.get("step"), *(_fmt(m.get(key)) for key in _SOURCES[1:])])
+        writer.writerow([m.get("step"), *(_fmt(m.get(key)) for key in sources[1:])])
     return buffer.getvalue().encode()
 
 

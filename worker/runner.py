@@ -83,9 +83,11 @@ class JobRunner:
             if job.status != JobStatus.VALIDATING_FILES:
                 return job.status == JobStatus.QUEUED
             files = self._file_paths(session, job)
-            base_model, method = job.model, job.method_type
+            base_model, method = job.trained_base_model, job.method_type
+            source = self._source(job)
         try:
-            failure = self._check_data(base_model, method, files, tokenized)
+            failure = source_failure(*source) if source else None
+            failure = failure or self._check_data(base_model, method, files, tokenized)
         except Exception as exc:
             logger.exception("validating files of %s failed", job_id)
             failure = JobFailure("validation_failed", f"Could not validate the files: {exc}"[:1000])
@@ -95,6 +97,10 @@ class JobRunner:
                 lifecycle.fail(job_id, failure, only_from={JobStatus.VALIDATING_FILES})
                 return False
             return lifecycle.files_validated(job_id)
+
+    def _source(self, job: FineTuningJob) -> tuple[str, Path] | None:
+        """Continued training: (the `ft:` id the job continues, the folder of its weights)."""
+        return (job.model, self.storage.path(job.init_from)) if job.init_from else None
 
     def _file_paths(self, session: Any, job: FineTuningJob) -> dict[str, Path | None]:
         files = FileRepository(session)
@@ -170,7 +176,9 @@ class JobRunner:
             )
             if job is None:
                 return None
-            base_model = get_base_model_info(job.model, self.settings.local_models).name
+            base_model = get_base_model_info(
+                job.trained_base_model, self.settings.local_models
+            ).name
             project = FineTuningRepository(session).project_of(job)
             return JobPlan(
                 job_id=job_id,
@@ -180,6 +188,7 @@ class JobRunner:
                 model_id=fine_tuned_model_id(base_model, project.name, job.suffix, job_id),
                 training_type=str(job.hyperparameters.get("training_type", "lora")),
                 output_dir=output_dir,
+                method=job.method_type,
             )
 
     def _train(self, plan: JobPlan, tokenized: dict[Path, Any]) -> None:
@@ -211,10 +220,19 @@ class JobRunner:
             job = FineTuningRepository(session).reload_job(plan.job_id)
             assert job is not None
             files = self._file_paths(session, job)
-            hyperparameters = engine_arguments(job.hyperparameters)
+            hyperparameters = engine_arguments(job.hyperparameters, job.method_type)
             seed = job.seed
+            source = self._source(job)
         if files["training_file"] is None:
             raise FileNotFoundError("The training file was deleted.")
+        resume = latest_checkpoint(plan.output_dir)
+        # Checked again here (it may have gone while the job waited in the queue); a run that
+        # resumes from its own checkpoint needs no more of it.
+        failure = source_failure(*source) if source and resume is None else None
+        if failure is not None:
+            from worker.training import TrainingError
+
+            raise TrainingError(failure.message, failure.code, failure.param)
         return TrainingConfig(
             base_model=plan.base_model,
             model_cache_dir=self.settings.resolved_model_cache_dir,
@@ -226,7 +244,8 @@ class JobRunner:
             seed=seed,
             activation_memory_gib=self.settings.training_activation_memory_gib,
             precision=self.settings.training_precision,
-            resume_from_checkpoint=latest_checkpoint(plan.output_dir),
+            resume_from_checkpoint=resume,
+            init_from=source[1] if source else None,
         )
 
     def _succeed(self, plan: JobPlan, result: Any) -> None:
@@ -236,7 +255,7 @@ class JobRunner:
             assert job is not None
             results_file = FileService(session, self.storage, self.settings).store_bytes(
                 job.project_id,
-                results.results_csv(jobs.metrics_events(plan.job_id)),
+                results.results_csv(jobs.metrics_events(plan.job_id), plan.method),
                 filename=results.FILENAME,
                 purpose=results.PURPOSE,
             )
@@ -260,6 +279,19 @@ class JobRunner:
         logger.exception("job %s failed", job_id, exc_info=exc)
         with self.db.session_scope() as session:
             JobLifecycle(session).fail(job_id, describe_failure(exc), only_from={JobStatus.RUNNING})
+
+
+def source_failure(model_id: str, folder: Path) -> JobFailure | None:
+    """A continued job whose source model's files are gone (deleted, or a checkpoint pruned
+    since the job was created) cannot start: say which model, not a loader's traceback."""
+    if folder.is_dir() and any(folder.iterdir()):
+        return None
+    return JobFailure(
+        "model_not_found",
+        f"The model {model_id} that this job continues training no longer exists: its files "
+        "were deleted.",
+        "model",
+    )
 
 
 def describe_failure(exc: BaseException) -> JobFailure:
