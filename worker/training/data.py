@@ -5,8 +5,11 @@ What must hold:
 * A line is checked by `tuna_core.dataset.LineChecker`, the schema the upload validated it
   with: a file the upload accepted has no line the worker refuses, and each problem's message
   is the one the upload gives for that line.  Checking goes on past a bad line, as the upload's.
-  The file's format decides the method: chat and prompt/completion examples train supervised,
-  preference examples are checked but not tokenized here (`DataReport.format` tells).
+  The file's format decides the method (`DataReport.format` tells): chat and prompt/completion
+  examples train supervised, preference examples train DPO.
+* A preference example becomes a `PreferencePair`: the input's conversation followed by the
+  preferred answer, and the same followed by the non-preferred one, each tokenized as a chat
+  whose only trained span is that answer (earlier assistant turns of the input are context).
 * Only assistant tokens are trained (label = token id); every other token's label is -100.
   An assistant message with ``"weight": 0`` is context only: its tokens get -100 too.  Where
   each trained message lies in the text is `tuna_core.chat_template.render_training_chat`'s
@@ -56,8 +59,6 @@ from tuna_core.dataset import (
 IGNORE_INDEX = -100
 # Examples per batched tokenizer call: enough to keep every core busy, few enough to bound memory.
 TOKENIZE_CHUNK = 1000
-#: What this module trains on: supervised fine-tuning's formats.
-SUPERVISED_FORMATS = METHOD_FORMATS["supervised"]
 
 
 def _where(example_number: int, line: int) -> str:
@@ -153,6 +154,37 @@ class TokenizedExample:
 
 
 @dataclass(frozen=True)
+class PreferencePair:
+    """One preference example: the same prompt answered the preferred way (``chosen``) and the
+    non-preferred way (``rejected``), each trained on its answer only."""
+
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+
+    @property
+    def n_tokens(self) -> int:
+        return self.chosen.n_tokens + self.rejected.n_tokens
+
+
+def preference_chats(example: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checked preference example as two chat examples, (preferred, non-preferred), whose only
+    trained message is the answer: the input's own assistant turns get weight 0."""
+    source = example["input"]
+    context = [
+        {**message, "weight": 0} if message.get("role") == "assistant" else message
+        for message in source["messages"]
+    ]
+    extra = {key: value for key, value in source.items() if key != "messages"}
+    return tuple(  # type: ignore[return-value]
+        {**extra, "messages": [*context, example[key][0]]}
+        for key in ("preferred_output", "non_preferred_output")
+    )
+
+
+Unit = TokenizedExample | PreferencePair  # what one line of a file trains on
+
+
+@dataclass(frozen=True)
 class DataProblem:
     example_number: int  # 1-based, counting non-blank lines
     line: int  # 1-based line of the file
@@ -169,11 +201,11 @@ class DataReport:
     n_examples: int
     n_tokens: int
     problems: list[DataProblem] = field(default_factory=list)
-    # The file's format (that of its first valid line); only supervised formats are tokenized.
+    # The file's format (that of its first valid line).
     format: DatasetFormat | None = None
     # Every example, tokenized, when asked for and the file has no problems: training can start
     # from them instead of tokenizing the file a second time.
-    examples: list[TokenizedExample] | None = None
+    examples: list[Unit] | None = None
 
     @property
     def ok(self) -> bool:
@@ -267,33 +299,38 @@ def tokenize_example(tokenizer: Any, example: Any) -> TokenizedExample:
 
 
 def _problem(
-    number: int, line: int, example: TokenizedExample, max_seq_len: int
+    number: int, line: int, example: TokenizedExample, max_seq_len: int, part: str = ""
 ) -> InvalidExample | None:
+    """Why ``example`` cannot be trained on, if it cannot; ``part`` names the sequence of a
+    preference example ("preferred_output") in the message."""
+    subject = f"{part} " if part else ""
     if example.n_tokens > max_seq_len:
         return ExampleTooLong(
             number,
-            f"has {example.n_tokens} tokens, more than the context of {max_seq_len}",
+            f"{subject}has {example.n_tokens} tokens, more than the context of {max_seq_len}",
             line=line,
         )
     if example.n_trainable == 0:  # the schema asks for a trained message; its text may be empty
-        return NoTrainableTokens(number, "has no trainable tokens", line=line)
+        return NoTrainableTokens(number, f"{subject}has no trainable tokens", line=line)
     return None
 
 
-class _NotSupervised:
-    """A valid example of a format supervised fine-tuning does not train (preference data)."""
+@dataclass(frozen=True)
+class _PendingPair:
+    """A preference example's two chats, rendered."""
+
+    chosen: RenderedChat
+    rejected: RenderedChat
 
 
-_NOT_SUPERVISED = _NotSupervised()
-
-# An example on its way through the pipeline: a rendered chat, a legacy example, the reason it
-# cannot be trained on, or a valid example of another method; once through the tokenizer, a
-# chat's Rust encoding takes its place and a legacy example is a TokenizedExample.
-_Pending = RenderedChat | dict[str, Any] | InvalidExample | _NotSupervised
+# An example on its way through the pipeline: a rendered chat, a rendered preference pair, a
+# legacy example, or the reason it cannot be trained on; once through the tokenizer, a chat's
+# Rust encoding takes its place (a pair's: two), a legacy example is a TokenizedExample.
+_Pending = RenderedChat | _PendingPair | dict[str, Any] | InvalidExample
 _Entry = tuple[int, int, _Pending]  # (example number, line, pending)
 _Encoded = Any
-# (example number, line, the example or its problem, or None for another method's example)
-_Checked = tuple[int, int, TokenizedExample | InvalidExample | None]
+# (example number, line, the example or its problem)
+_Checked = tuple[int, int, Unit | InvalidExample]
 
 
 class _Lines:
@@ -329,7 +366,16 @@ class _Lines:
                 elif example.format is DatasetFormat.COMPLETION:
                     yield number, line, example.data
                 else:
-                    yield number, line, _NOT_SUPERVISED
+                    try:
+                        chosen, rejected = preference_chats(example.data)
+                        pair = _PendingPair(
+                            render_training_chat(tokenizer, chosen),
+                            render_training_chat(tokenizer, rejected),
+                        )
+                    except ValueError as exc:  # the template cannot render it
+                        yield number, line, InvalidExample(number, str(exc), line=line)
+                    else:
+                        yield number, line, pair
 
 
 def _rendered_chunks(lines: _Lines, tokenizer: Any) -> Iterator[list[_Entry]]:
@@ -345,13 +391,21 @@ def _rendered_chunks(lines: _Lines, tokenizer: Any) -> Iterator[list[_Entry]]:
 
 
 def _encode_chunk(tokenizer: Any, chunk: list[_Entry]) -> list[_Encoded]:
-    """The tokenizer's share of a chunk: chats in one batched call, legacy examples one by one."""
-    chats = [pending.text for _, _, pending in chunk if isinstance(pending, RenderedChat)]
-    encodings = iter(_encode_batch(tokenizer, chats))
+    """The tokenizer's share of a chunk: chats (and pairs' chats) in one batched call, legacy
+    examples one by one."""
+    texts: list[str] = []
+    for _, _, pending in chunk:
+        if isinstance(pending, RenderedChat):
+            texts.append(pending.text)
+        elif isinstance(pending, _PendingPair):
+            texts += (pending.chosen.text, pending.rejected.text)
+    encodings = iter(_encode_batch(tokenizer, texts))
     encoded: list[_Encoded] = []
     for _, _, pending in chunk:
         if isinstance(pending, RenderedChat):
             encoded.append(next(encodings))
+        elif isinstance(pending, _PendingPair):
+            encoded.append((next(encodings), next(encodings)))
         elif isinstance(pending, dict):
             encoded.append(tokenize_legacy(tokenizer, pending))
         else:
@@ -365,10 +419,18 @@ def _checked_chunk(
     for (number, line, pending), result in zip(chunk, encoded.result(), strict=True):
         if isinstance(pending, RenderedChat):
             result = _labelled(result, pending.spans)
-        if isinstance(result, TokenizedExample):
+        if isinstance(pending, _PendingPair):
+            pair = PreferencePair(
+                _labelled(result[0], pending.chosen.spans),
+                _labelled(result[1], pending.rejected.spans),
+            )
+            result = (
+                _problem(number, line, pair.chosen, max_seq_len, "preferred_output")
+                or _problem(number, line, pair.rejected, max_seq_len, "non_preferred_output")
+                or pair
+            )
+        elif isinstance(result, TokenizedExample):
             result = _problem(number, line, result, max_seq_len) or result
-        elif isinstance(result, _NotSupervised):
-            result = None
         yield number, line, result
 
 
@@ -411,19 +473,25 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load_examples(path: Path, tokenizer: Any, max_seq_len: int) -> list[TokenizedExample]:
-    """Every example of ``path``, tokenized; the first problem raises (an InvalidExample)."""
-    examples = []
+def load_examples(
+    path: Path, tokenizer: Any, max_seq_len: int, method: str = "supervised"
+) -> list[Any]:
+    """Every example of ``path``, tokenized (`TokenizedExample`s for supervised fine-tuning,
+    `PreferencePair`s for DPO); the first problem raises (an InvalidExample), and so does an
+    example of a format ``method`` does not train on."""
+    examples: list[Any] = []
     lines = _Lines(Path(path))
+    trained = METHOD_FORMATS[method]
     with _collector_paused():
         for number, line, example in _checked_examples(lines, tokenizer, max_seq_len):
             if isinstance(example, InvalidExample):
                 raise example
-            if example is None:
+            if lines.format not in trained:
+                formats = " or ".join(sorted(trained))
                 raise InvalidExample(
                     number,
-                    f"is a {lines.format} example, which supervised fine-tuning does not train "
-                    "(it trains on chat or prompt/completion examples)",
+                    f"is a {lines.format} example, which the {method} method does not train "
+                    f"(it trains on {formats} examples)",
                     line=line,
                     code="unsupported_format",
                 )
@@ -435,12 +503,10 @@ def validate_examples(
     path: Path, tokenizer: Any, max_seq_len: int, keep_examples: bool = False
 ) -> DataReport:
     """Check every example and report all problems (not just the first), for the API to show;
-    with ``keep_examples``, a supervised file without problems comes back tokenized too.
-
-    A file of another method's format (``report.format``) is checked but not tokenized.
+    with ``keep_examples``, a file without problems comes back tokenized too.
     """
     report = DataReport(n_examples=0, n_tokens=0)
-    kept: list[TokenizedExample] = []
+    kept: list[Unit] = []
     lines = _Lines(Path(path))
     with _collector_paused():
         for number, line, example in _checked_examples(lines, tokenizer, max_seq_len):
@@ -448,12 +514,12 @@ def validate_examples(
             if isinstance(example, InvalidExample):
                 report.problems.append(DataProblem(number, line, example.code, example.reason))
                 kept.clear()  # nothing will be handed over: free them now
-            elif example is not None:
+            else:
                 report.n_tokens += example.n_tokens
                 if keep_examples and report.ok:
                     kept.append(example)
     report.format = lines.format
-    if keep_examples and report.ok and report.format in SUPERVISED_FORMATS:
+    if keep_examples and report.ok:
         report.examples = kept
     return report
 

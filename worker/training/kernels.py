@@ -115,6 +115,81 @@ def linear_cross_entropy(
     return loss, correct
 
 
+def _head_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
+
+
+def _logits_chunk(hidden: torch.Tensor, weight: torch.Tensor) -> int:
+    budget = _LOGITS_CHUNK_ELEMENTS * (8 if hidden.device.type == "cuda" else 1)
+    return max(1, budget // weight.shape[0])
+
+
+class LinearLogProbs(torch.autograd.Function):
+    """Log-probability of each position's target under ``softmax(hidden @ weight^T)``.
+
+    Unlike `LinearCrossEntropy` the result is one number per position (a preference loss sums
+    them per sequence and weighs each sequence differently), so the gradient cannot be finished
+    during the forward: the backward recomputes each chunk's logits instead of keeping them.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        compute_dtype = _head_dtype(hidden, weight)
+        head = weight.to(compute_dtype)
+        chunk = _logits_chunk(hidden, weight)
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk):
+                logits = (hidden[start : start + chunk].to(compute_dtype) @ head.t()).float()
+                wanted = targets[start : start + chunk]
+                picked = logits.gather(1, wanted[:, None]).squeeze(1)
+                out[start : start + chunk] = picked - torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.compute_dtype = compute_dtype
+        ctx.mark_non_differentiable(targets)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, targets = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        compute_dtype = ctx.compute_dtype
+        head = weight.to(compute_dtype)
+        chunk = _logits_chunk(hidden, weight)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk):
+                rows = hidden[start : start + chunk].to(compute_dtype)
+                wanted = targets[start : start + chunk]
+                scale = grad_out[start : start + chunk].float()
+                logits = (rows @ head.t()).float()
+                # d logp / d logits = one_hot(target) - softmax, times the incoming gradient.
+                grad_logits = torch.softmax(logits, dim=-1).mul_(-scale[:, None])
+                grad_logits[torch.arange(len(wanted), device=wanted.device), wanted] += scale
+                if grad_hidden is not None:
+                    grad_hidden[start : start + chunk] = grad_logits.to(compute_dtype) @ head
+                if grad_weight is not None:
+                    grad_weight.addmm_(grad_logits.t(), rows.float())
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None
+
+
+def linear_log_probs(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Per position, ``log softmax(hidden @ weight^T)[target]``, a chunk of positions at a time
+    (never a full logits tensor); differentiable in ``hidden`` and ``weight``."""
+    result: torch.Tensor = LinearLogProbs.apply(hidden, weight, targets)
+    return result
+
+
 class LoraLinear(torch.autograd.Function):
     """``x W^T + b + scaling * (x A^T) B^T`` with gradients for whatever requires them."""
 

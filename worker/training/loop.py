@@ -1,4 +1,8 @@
-"""Supervised fine-tuning (LoRA or full): the one training loop, read top to bottom in ``train``.
+"""The training loop (LoRA or full, any method): read top to bottom in ``train``.
+
+The loop knows nothing of a method's data or loss: a `method.TrainingMethod` (supervised
+fine-tuning in `supervised.py`, DPO in `dpo.py`) loads and packs its examples, computes the loss
+of a row and names its metrics; the loop does the rest.
 
 What must hold:
 
@@ -7,10 +11,13 @@ What must hold:
 * A run resumed from a checkpoint continues at the exact next step with the same losses and
   final weights as a run never interrupted: a checkpoint holds the weights (adapter or full),
   optimizer and scheduler state, every RNG state and the data position (next epoch, next batch).
-* Loss of a step = sum of token cross-entropies over all label tokens of the batch / number of
-  label tokens of the batch (not a mean of per-example means), so long answers weigh in
-  proportion to their length and packing or splitting a batch into rows changes nothing.
-  Logits are computed only at positions that have a label (hidden states -> select -> lm_head).
+* Loss of a step = the method's summed loss over all rows of the batch / the method's
+  denominator for the batch (label tokens for supervised, pairs for DPO), so packing or splitting
+  a batch into rows changes nothing.  Each row is one forward and one backward.
+* A checkpoint also holds the method's state (DPO: the reference log-probabilities).
+* ``init_from``: the run starts from a fine-tuned model's weights (a LoRA adapter continues
+  training as that adapter; full weights are loaded; an adapter trained further as a full model
+  is merged first).  Its ``tuna_model.json`` must name the same base model.
 * Checkpoints: one at each epoch end, in ``output_dir/checkpoints/step-N``, last
   ``keep_checkpoints`` kept.  A pause writes the same kind of folder (so "resume from the newest
   ``step-N``" works for pauses and crashes alike) but it is not reported through
@@ -30,13 +37,12 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from tuna_core.base_models import (
     UnknownBaseModel,
@@ -45,19 +51,10 @@ from tuna_core.base_models import (
     resolve_base_model,
 )
 from tuna_core.devices import DeviceUnavailable, pick_device
-from worker.training.attention import packed_segments, use_varlen_attention
 from worker.training.callbacks import TrainingCallbacks
 from worker.training.config import ResolvedHyperparameters, TrainingConfig, resolve_hyperparameters
-from worker.training.data import (
-    IGNORE_INDEX,
-    InvalidExample,
-    PackedRow,
-    TokenizedExample,
-    epoch_batches,
-    load_examples,
-    pack_examples,
-)
-from worker.training.kernels import compile_layers, fuse_lora, linear_cross_entropy
+from worker.training.data import InvalidExample, epoch_batches
+from worker.training.kernels import compile_layers
 from worker.training.memory import (
     LayerCheckpointing,
     MemoryPlan,
@@ -65,6 +62,8 @@ from worker.training.memory import (
     describe_memory_plan,
     measure_activation_cost,
 )
+from worker.training.method import TrainingMethod, method_for
+from worker.training.supervised import make_row_loss
 
 try:
     import numpy as np
@@ -74,9 +73,6 @@ except ImportError:  # numpy is optional; nothing here draws from it
 STATE_FILE = "trainer_state.pt"
 MODEL_INFO_FILE = "tuna_model.json"
 _STATE_VERSION = 1
-# Architectures whose logits are exactly lm_head(final hidden state); others go through the full
-# forward (correct, just computes logits at unlabelled positions too).
-_PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3"})
 
 
 class TrainingError(RuntimeError):
@@ -137,12 +133,12 @@ class _Position:
 def train(
     config: TrainingConfig,
     callbacks: TrainingCallbacks,
-    tokenized: Mapping[Path, list[TokenizedExample]] | None = None,
+    tokenized: Mapping[Path, list[Any]] | None = None,
 ) -> TrainingResult:
     """Fine-tune ``config.base_model`` on ``config.training_file``; see the module docstring.
 
-    ``tokenized``: files already tokenized with this base model's tokenizer (by upload-time
-    validation, in the same process), used instead of tokenizing them again.
+    ``tokenized``: files already tokenized with this base model's tokenizer (by the worker's file
+    check, in the same process), used instead of tokenizing them again.
     """
     config.validate()
     try:
@@ -162,9 +158,12 @@ def train(
     max_seq_len = config.max_seq_len or context
     tokenizer = load_tokenizer(model_dir)
     tokenized = tokenized or {}
-    train_examples = _load(config.training_file, tokenizer, max_seq_len, "training_file", tokenized)
+    method = method_for(config)
+    train_examples = _load(
+        method, config.training_file, tokenizer, max_seq_len, "training_file", tokenized
+    )
     valid_examples = (
-        _load(config.validation_file, tokenizer, max_seq_len, "validation_file", tokenized)
+        _load(method, config.validation_file, tokenizer, max_seq_len, "validation_file", tokenized)
         if config.validation_file is not None
         else []
     )
@@ -225,7 +224,17 @@ def train(
         max_seq_len,
         compiled=compiled,
         fingerprint=fingerprint,
+        method=method,
     )
+    # Anything the method computes once with the starting model (DPO: reference log-probs).
+    prepared = method.prepare(
+        {"train": train_examples, "valid": valid_examples},
+        hp,
+        run,
+        state.get("method_state") if state is not None else None,
+        callbacks,
+    )
+    train_examples, valid_examples = prepared["train"], prepared["valid"]
     if compiled:
         callbacks.on_event(
             "info", "Compiling the model's layers (the first step takes longer)", None
@@ -262,7 +271,8 @@ def train(
             started = time.perf_counter()
             batch = [train_examples[i] for i in batches[batch_index]]
             learning_rate = float(scheduler.get_last_lr()[0])  # what this step uses
-            loss, accuracy, n_batch_tokens = run.train_step(batch, position.step)
+            step_metrics, n_batch_tokens = run.train_step(batch, position.step)
+            loss = step_metrics["train_loss"]
             if not math.isfinite(loss):
                 # Training on would only publish a broken model; stop while the cause is clear.
                 raise TrainingError(
@@ -275,8 +285,7 @@ def train(
             position.epoch, position.batch = divmod(position.step, steps_per_epoch)
 
             metrics = {
-                "train_loss": loss,
-                "train_mean_token_accuracy": accuracy,
+                **step_metrics,
                 "learning_rate": learning_rate,
                 "epoch": epoch + (batch_index + 1) / len(batches),
                 "trained_tokens": position.trained_tokens,
@@ -288,10 +297,9 @@ def train(
                     for i in range(0, len(valid_examples), hp.batch_size)
                 ]
                 chosen = valid_batches[(position.step // eval_every - 1) % len(valid_batches)]
-                metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = run.evaluate(chosen)
+                metrics |= run.evaluate(chosen, "valid")
             if valid_examples and position.step == total_steps:
-                full = run.evaluate(valid_examples)
-                metrics["full_valid_loss"], metrics["full_valid_mean_token_accuracy"] = full
+                metrics |= run.evaluate(valid_examples, "full_valid")
             history.append(metrics)
             callbacks.on_metrics(position.step, total_steps, metrics)
 
@@ -343,6 +351,7 @@ class _Run:
         row_tokens: int | None = None,
         compiled: bool = False,
         fingerprint: str | None = None,
+        method: TrainingMethod | None = None,
     ) -> None:
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.optimizer, self.scheduler, self.hp = optimizer, scheduler, hp
@@ -354,13 +363,17 @@ class _Run:
         # backward per step; the row never holds more than the batch's real tokens.
         self.row_tokens = row_tokens
         self.fingerprint = fingerprint or _fingerprint(config.training_file)
-        self.forward = make_row_loss(model)
+        self.method = method or method_for(config)
+        self.forward = self.method.row_loss(model)
         # Training steps run compiled; evaluation (no grad, eval mode: other graphs) runs eager
         # rather than compiling a second time for a few batches.
         self.compiled = compiled and compile_layers(model) > 0
         self.checkpointing = LayerCheckpointing(model)
         self.model.train()
-        cost = measure_activation_cost(self.forward, self.checkpointing, device, self._probing)
+        # Probed with supervised rows whatever the method: the backbone's activations dominate,
+        # and a DPO row is two such sequences per pair.
+        probe = self.forward if self.method.name == "supervised" else make_row_loss(model)
+        cost = measure_activation_cost(probe, self.checkpointing, device, self._probing)
         budget = activation_budget(device, model, optimizer, config.activation_memory_gib)
         self.memory = MemoryPlan(cost, budget)
 
@@ -369,22 +382,21 @@ class _Run:
         """Tokens packed into one forward at most: the memory plan's, unless set explicitly."""
         return self.row_tokens if self.row_tokens is not None else self.memory.row_tokens
 
-    def train_step(self, batch: list[TokenizedExample], step: int) -> tuple[float, float, int]:
-        """One optimizer step on ``batch``; returns (loss, token accuracy, tokens processed)."""
+    def train_step(self, batch: list[Any], step: int) -> tuple[dict[str, float], int]:
+        """One optimizer step on ``batch``; returns (its train_* metrics, tokens processed)."""
         self.model.train()
-        rows = pack_examples(batch, self.max_row_tokens)
-        n_targets = sum(row.n_targets for row in rows)
+        rows = self.method.pack(batch, self.max_row_tokens)
+        denominator = self.method.denominator(rows)
         self.optimizer.zero_grad(set_to_none=True)
-        totals = torch.zeros(2, device=self.device)  # summed loss, # correct; read once, below
+        totals: torch.Tensor | None = None  # summed loss, then statistics; read once, below
         try:
             for row in rows:
                 checkpointed = self.memory.checkpointed_layers(row.n_tokens)
                 with self._compile_fallback(), self.checkpointing.layers_checkpointed(checkpointed):
                     with self._autocast():
-                        row_loss, row_correct = self.forward(row, self.device)
-                    (row_loss / n_targets).backward()
-                totals[0] += row_loss.detach()
-                totals[1] += row_correct
+                        row_loss, row_stats = self.forward(row, self.device)
+                    (row_loss / denominator).backward()
+                totals = _accumulate(totals, row_loss, row_stats)
         except torch.OutOfMemoryError as exc:
             raise TrainingError(
                 f"Out of memory at step {step + 1} (batch of {len(batch)} examples, "
@@ -397,23 +409,32 @@ class _Run:
             )
         self.optimizer.step()
         self.scheduler.step()
-        loss_sum, correct = totals.tolist()
-        return loss_sum / n_targets, correct / n_targets, sum(row.n_tokens for row in rows)
+        assert totals is not None
+        metrics = self.method.metrics(totals.tolist(), denominator, "train")
+        return metrics, sum(row.n_tokens for row in rows)
 
     @torch.no_grad()
-    def evaluate(self, examples: list[TokenizedExample]) -> tuple[float, float]:
-        """(loss, token accuracy) over all label tokens of ``examples``; no RNG is consumed."""
+    def evaluate(self, examples: list[Any], split: str = "valid") -> dict[str, float]:
+        """The method's metrics over ``examples``, named for ``split``; no RNG is consumed."""
+        rows = self.method.pack(examples, self.max_row_tokens)
+        totals: torch.Tensor | None = None
+        with self.inference():
+            for row in rows:
+                row_loss, row_stats = self.forward(row, self.device)
+                totals = _accumulate(totals, row_loss, row_stats)
+        assert totals is not None
+        return self.method.metrics(totals.tolist(), self.method.denominator(rows), split)
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """Forwards as evaluation runs them: eval mode, no gradients, the step's autocast,
+        compiled layers eager; training mode again afterwards."""
         self.model.eval()
-        rows = pack_examples(examples, self.max_row_tokens)
-        totals = torch.zeros(2, device=self.device)
-        for row in rows:
-            with self._autocast(), self._eager():
-                row_loss, row_correct = self.forward(row, self.device)
-            totals[0] += row_loss
-            totals[1] += row_correct
-        loss_sum, correct = totals.tolist()
-        n_targets = sum(row.n_targets for row in rows)
-        return loss_sum / n_targets, correct / n_targets
+        try:
+            with torch.no_grad(), self._autocast(), self._eager():
+                yield
+        finally:
+            self.model.train()
 
     def _autocast(self) -> Any:
         dtype = self.autocast_dtype
@@ -467,6 +488,7 @@ class _Run:
             "version": _STATE_VERSION,
             "base_model": self.config.base_model,
             "training_type": self.config.training_type,
+            "method": self.config.method,
             "seed": self.config.seed,
             "training_file_sha256": self.fingerprint,
             "hyperparameters": self.hp.to_dict(),
@@ -476,6 +498,7 @@ class _Run:
             "rng": _capture_rng(),
             "history": history,
             "checkpoints": [(c.step, str(c.path), c.metrics) for c in checkpoints],
+            "method_state": self.method.state_dict(),
         }
         torch.save(state, target / STATE_FILE)
         return target
@@ -506,66 +529,12 @@ def _sweep_unlisted(folder: Path, kept: list[CheckpointInfo]) -> None:
 # Loss
 
 
-def to_device(lists: Sequence[Sequence[int]], device: torch.device) -> list[torch.Tensor]:
-    """Integer lists as int64 tensors on ``device``, in one copy that does not wait for the GPU.
-
-    ``torch.tensor(values, device="cuda")`` copies from pageable memory and so synchronizes the
-    stream: each row would wait for all the work queued before it (the previous row's backward,
-    the last optimizer step) before the host could queue more.  Copying from pinned memory with
-    ``non_blocking`` lets the host run ahead; the pinned block stays reserved until the copy is
-    done (PyTorch's caching host allocator records it on the stream).
-    """
-    flat: list[int] = []
-    for values in lists:
-        flat += values
-    host = torch.tensor(flat, dtype=torch.long)
-    if device.type == "cuda":
-        host = host.pin_memory().to(device, non_blocking=True)
-    elif device != host.device:
-        host = host.to(device)
-    return list(host.split([len(values) for values in lists]))
-
-
-def make_row_loss(
-    model: Any,
-) -> Callable[[PackedRow, torch.device], tuple[torch.Tensor, torch.Tensor]]:
-    """A function: packed row -> (summed cross-entropy over its targets, # correct argmax), both
-    tensors on the device, so a step reads them back once, at its end.
-
-    For plain-head architectures only labelled positions go through ``lm_head``, fused with the
-    loss a chunk at a time (``kernels.linear_cross_entropy``): no logits at unlabelled positions
-    and never a full logits tensor.  LoRA projections run fused (``kernels.fuse_lora``).
-    """
-    use_varlen_attention(model)  # no attention between the examples sharing a row
-    fuse_lora(model)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    plain = getattr(base.config, "model_type", "") in _PLAIN_HEAD_TYPES
-    backbone = getattr(base, base.base_model_prefix) if plain else None
-    head = base.get_output_embeddings() if plain else None
-    if head is not None and getattr(head, "bias", None) is not None:
-        backbone = head = None  # a biased head: the plain forward below handles it
-
-    def row_loss(row: PackedRow, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        # Labelled positions, found on the host: indexing with them needs no device sync.
-        labelled = [i for i, target in enumerate(row.targets) if target != IGNORE_INDEX]
-        input_ids, position_ids, keep, targets = to_device(
-            [row.input_ids, row.position_ids, labelled, [row.targets[i] for i in labelled]],
-            device,
-        )
-        input_ids, position_ids = input_ids[None], position_ids[None]
-        if backbone is not None and head is not None:
-            with packed_segments(row.lengths):
-                hidden = backbone(
-                    input_ids=input_ids, position_ids=position_ids, use_cache=False
-                ).last_hidden_state[0]
-            return linear_cross_entropy(hidden[keep], head.weight, targets)
-        with packed_segments(row.lengths):
-            output = model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-        logits = output.logits[0][keep].float()
-        loss = F.cross_entropy(logits, targets, reduction="sum")
-        return loss, (logits.argmax(dim=-1) == targets).sum()
-
-    return row_loss
+def _accumulate(
+    totals: torch.Tensor | None, row_loss: torch.Tensor, row_stats: torch.Tensor
+) -> torch.Tensor:
+    """Add a row's loss and statistics to the step's totals, on the device (no sync)."""
+    row = torch.cat([row_loss.detach().reshape(1).float(), row_stats.reshape(-1).float()])
+    return row if totals is None else totals + row
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -640,18 +609,19 @@ def _warmup_cosine(
 
 
 def _load(
+    method: TrainingMethod,
     path: Path,
     tokenizer: Any,
     max_seq_len: int,
     param: str,
-    tokenized: Mapping[Path, list[TokenizedExample]],
-) -> list[TokenizedExample]:
+    tokenized: Mapping[Path, list[Any]],
+) -> list[Any]:
     name = "Training" if param == "training_file" else "Validation"
     ready = tokenized.get(path)
-    if ready and all(e.n_tokens <= max_seq_len for e in ready):
+    if ready and method.reusable(ready, max_seq_len):
         return ready
     try:
-        examples = load_examples(path, tokenizer, max_seq_len)
+        examples = method.load(path, tokenizer, max_seq_len)
     except InvalidExample as exc:
         raise TrainingError(f"{name} file: {exc}", code=f"invalid_{param}", param=param) from exc
     except OSError as exc:
@@ -662,23 +632,39 @@ def _load(
 
 
 def _load_model(config: TrainingConfig, model_dir: Path, device: torch.device) -> Any:
-    """Base model in float32 (master weights), wrapped for LoRA, or a checkpoint's weights."""
+    """Float32 master weights: the base model, a fine-tuned model (``init_from``) or a
+    checkpoint's weights; wrapped for LoRA."""
     from transformers import AutoModelForCausalLM
 
     model: Any
-    resume = config.resume_from_checkpoint
+    resume, start = config.resume_from_checkpoint, config.init_from
+    start_type = _model_type(start, config.base_model) if start is not None else None
     if config.training_type == "full":
-        source = resume if resume is not None else model_dir
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        if resume is not None or start_type == "full":
+            model = AutoModelForCausalLM.from_pretrained(resume or start, dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+            if start_type == "lora":  # continue an adapter as a full fine-tune: merge it first
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, start).merge_and_unload()
+                model.requires_grad_(True)  # peft froze the base weights it merged into
         model.config.use_cache = False
         return model.to(device)
 
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    if start_type == "full":
+        raise TrainingError(
+            "A LoRA run cannot continue a full fine-tune (its adapter could not be served over "
+            "the base model); continue it with training_type 'full'.",
+            code="invalid_training_type",
+            param="training_type",
+        )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config.use_cache = False
-    if resume is not None:
-        model = PeftModel.from_pretrained(model, resume, is_trainable=True)
+    if resume is not None or start is not None:
+        model = PeftModel.from_pretrained(model, resume or start, is_trainable=True)
     else:
         lora = LoraConfig(
             r=config.lora_rank,
@@ -689,6 +675,27 @@ def _load_model(config: TrainingConfig, model_dir: Path, device: torch.device) -
         )
         model = get_peft_model(model, lora)
     return model.to(device)
+
+
+def _model_type(folder: Path, base_model: str) -> str:
+    """ "lora" or "full": what the engine wrote in ``folder`` (checked against ``base_model``)."""
+    info_path = Path(folder) / MODEL_INFO_FILE
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingError(
+            f"The model to continue from cannot be read ({info_path}: {exc})",
+            code="model_not_found",
+            param="model",
+        ) from exc
+    if info.get("base_model") != base_model:
+        raise TrainingError(
+            f"The model to continue from was trained on {info.get('base_model')!r}, "
+            f"not {base_model!r}",
+            code="model_not_found",
+            param="model",
+        )
+    return "full" if info.get("training_type") == "full" else "lora"
 
 
 def _read_state(checkpoint: Path) -> dict[str, Any]:
@@ -706,10 +713,11 @@ def _check_resumable(state: dict[str, Any], config: TrainingConfig, fingerprint:
     for key, value in (
         ("base_model", config.base_model),
         ("training_type", config.training_type),
+        ("method", config.method),
         ("seed", config.seed),
         ("training_file_sha256", fingerprint),
     ):
-        if state[key] != value:
+        if state.get(key, "supervised" if key == "method" else None) != value:
             raise TrainingError(f"Cannot resume: the checkpoint's {key} differs from this run's")
 
 

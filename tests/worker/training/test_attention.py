@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.training.attention import VARLEN_ATTENTION, _varlen_sdpa, packed_segments
-from worker.training.sft import make_row_loss
+from worker.training.supervised import make_row_loss
 
 
 def block_causal_mask(lengths: list[int]) -> torch.Tensor:

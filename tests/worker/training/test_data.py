@@ -21,7 +21,7 @@ from worker.training.data import (
     tokenize_example,
     validate_examples,
 )
-from worker.training.sft import make_row_loss
+from worker.training.supervised import make_row_loss
 
 
 def trained_text(tokenizer: Any, example: TokenizedExample) -> str:

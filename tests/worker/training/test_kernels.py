@@ -15,7 +15,7 @@ from tests.worker.training.helpers import Recorder
 from worker.training import kernels
 from worker.training.config import TrainingConfig
 from worker.training.kernels import fuse_lora, linear_cross_entropy
-from worker.training.sft import train
+from worker.training.loop import train
 
 
 class TwoLayers(torch.nn.Module):
@@ -221,7 +221,7 @@ def test_bf16_steps_the_gpus_precision_stay_close_to_float32(
 def test_auto_compile_on_a_cpu_waits_for_a_run_long_enough_to_pay_it_back(
     make_config: Any, varied_file: Path
 ) -> None:
-    from worker.training.sft import _has_cxx_compiler, _use_compile
+    from worker.training.loop import _has_cxx_compiler, _use_compile
 
     cpu = torch.device("cpu")
     exact = make_config(varied_file, precision="float32", compile="auto")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from tests.worker.training.helpers import Recorder, chat, write_jsonl
 from worker.training.config import TrainingConfig
-from worker.training.sft import (
+from worker.training.loop import (
     STATE_FILE,
     TrainingCancelled,
     TrainingError,
@@ -222,7 +222,7 @@ def test_lora_adapter_loads_with_peft(
 
 def test_divergence_fails_readably(make_config: MakeConfig, repetitive_file: Path) -> None:
     """A loss that turns NaN or inf stops the run with an error the user can act on."""
-    from worker.training.sft import TrainingError
+    from worker.training.loop import TrainingError
 
     with pytest.raises(TrainingError) as caught:
         train(

@@ -13,6 +13,7 @@ from tests.worker.training.helpers import Recorder, chat, write_jsonl
 from tuna_core.base_models import load_tokenizer
 from worker.training.config import TrainingConfig
 from worker.training.data import load_examples
+from worker.training.loop import _load_model, train
 from worker.training.memory import (
     GIB,
     ActivationCost,
@@ -24,7 +25,7 @@ from worker.training.memory import (
     describe_memory_plan,
     measure_activation_cost,
 )
-from worker.training.sft import _load_model, make_row_loss, train
+from worker.training.supervised import make_row_loss
 
 CPU = torch.device("cpu")
 
