@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import LiveServer, WorkerProcess, make_settings, serve_in_thread
-from tests.datasets import chat_jsonl
+from tests.datasets import chat_jsonl, preference_jsonl
 from tests.worker.test_job_flow import TERMINAL, all_events, upload, wait_for
 
 pytestmark = pytest.mark.slow
@@ -53,17 +53,21 @@ def metrics_of(client: openai.OpenAI, job_id: str) -> list[dict]:
     )
 
 
-def test_sigkilled_worker_job_resumes_and_matches_uninterrupted_run(isolated) -> None:
+@pytest.mark.parametrize("method", ["supervised", "dpo"])
+def test_sigkilled_worker_job_resumes_and_matches_uninterrupted_run(isolated, method) -> None:
+    """For DPO the resumed attempt must also reuse the reference log-probs of the checkpoint:
+    recomputed from the trained weights, every later loss would differ."""
     live, new_worker = isolated
     client = live.client(live.new_key())
-    training_file = upload(client, chat_jsonl(24))
+    data = chat_jsonl(24) if method == "supervised" else preference_jsonl(24)
+    training_file = upload(client, data)
 
     def create():
         return client.fine_tuning.jobs.create(
             model="tuna-tiny-test",
             training_file=training_file,
             seed=7,
-            hyperparameters={"n_epochs": 4, "batch_size": 2},
+            method={"type": method, method: {"hyperparameters": {"n_epochs": 4, "batch_size": 2}}},
         )
 
     first_worker = new_worker()
@@ -97,3 +101,8 @@ def test_sigkilled_worker_job_resumes_and_matches_uninterrupted_run(isolated) ->
     resumed_losses = [m["train_loss"] for m in metrics_of(client, job.id)]
     reference_losses = [m["train_loss"] for m in metrics_of(client, reference.id)]
     assert resumed_losses == pytest.approx(reference_losses, rel=1e-4, abs=1e-5)
+    if method == "dpo":
+        assert {"train_reward_accuracy", "train_reward_margin"} <= set(
+            metrics_of(client, job.id)[-1]
+        )
+        assert sum("reference model" in m for m in messages) == 1  # computed once, then kept
