@@ -5,7 +5,7 @@ runs it alone and prints JSON lines.
 
 The base-model registry, chat rendering and the hyperparameter ranges it shares with the API live
 in ``tuna_core``.  torch and transformers take seconds to import, so the names from ``data`` and
-``sft`` are imported on first use (PEP 562 module ``__getattr__``) rather than here.
+``loop`` are imported on first use (PEP 562 module ``__getattr__``) rather than here.
 """
 
 from __future__ import annotations

@@ -639,16 +639,17 @@ def _load_model(config: TrainingConfig, model_dir: Path, device: torch.device) -
     model: Any
     resume, start = config.resume_from_checkpoint, config.init_from
     start_type = _model_type(start, config.base_model) if start is not None else None
+    source = resume or start  # where the trained weights come from: this run's, else the start
     if config.training_type == "full":
-        if resume is not None or start_type == "full":
-            model = AutoModelForCausalLM.from_pretrained(resume or start, dtype=torch.float32)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-            if start_type == "lora":  # continue an adapter as a full fine-tune: merge it first
-                from peft import PeftModel
+        whole = source is not None and (resume is not None or start_type == "full")
+        model = AutoModelForCausalLM.from_pretrained(
+            source if whole and source is not None else model_dir, dtype=torch.float32
+        )
+        if start is not None and not whole:  # continue an adapter as a full fine-tune: merge
+            from peft import PeftModel
 
-                model = PeftModel.from_pretrained(model, start).merge_and_unload()
-                model.requires_grad_(True)  # peft froze the base weights it merged into
+            model = PeftModel.from_pretrained(model, start).merge_and_unload()
+            model.requires_grad_(True)  # peft froze the base weights it merged into
         model.config.use_cache = False
         return model.to(device)
 
@@ -663,8 +664,8 @@ def _load_model(config: TrainingConfig, model_dir: Path, device: torch.device) -
         )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config.use_cache = False
-    if resume is not None or start is not None:
-        model = PeftModel.from_pretrained(model, resume or start, is_trainable=True)
+    if source is not None:
+        model = PeftModel.from_pretrained(model, source, is_trainable=True)
     else:
         lora = LoraConfig(
             r=config.lora_rank,
