@@ -61,6 +61,54 @@
     return h("span", { class: "badge status-" + status, "data-status": status, text: status.replace("_", " ") });
   }
 
+  // ---- training methods and their metrics ---------------------------------------------------
+
+  // Each method's metric names and their keys in a metrics event, per split, from
+  // tuna_core.metrics (served as /dashboard/metrics.js): {dpo: {metrics: [...], train: [...]}}.
+  const METRICS = window.TUNA_METRICS || {};
+  // Charted and summarized beside loss, per method (names from METRICS; supervised: loss only).
+  const EXTRA_METRICS = { dpo: ["reward_accuracy", "reward_margin"] };
+  const METHOD_LABELS = { supervised: "Supervised", dpo: "DPO" };
+
+  function jobMethod(job) {
+    return (job.method && job.method.type) || "supervised";
+  }
+
+  /** `method.<type>.hyperparameters` of a job ({} when absent). */
+  function methodHyperparameters(job) {
+    const method = job.method || {};
+    return (method[jobMethod(job)] || {}).hyperparameters || {};
+  }
+
+  /** The key of `name` in a metrics event for `split` ("train_loss"), or null if unknown. */
+  function metricKey(method, split, name) {
+    const m = METRICS[method];
+    const i = m ? m.metrics.indexOf(name) : -1;
+    return i === -1 ? null : m[split][i];
+  }
+
+  function extraMetrics(method) {
+    return (EXTRA_METRICS[method] || []).filter(function (name) { return metricKey(method, "train", name); });
+  }
+
+  function metricLabel(name) {
+    const text = name.replace(/_/g, " ");
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
+  function formatMetric(name, value) {
+    if (typeof value !== "number" || !Number.isFinite(value)) return "\u2013";
+    return /accuracy$/.test(name) ? (100 * value).toFixed(1) + "%" : value.toFixed(4);
+  }
+
+  function methodTag(job) {
+    const method = jobMethod(job);
+    if (method === "supervised") return null;
+    const beta = methodHyperparameters(job).beta;
+    const text = (METHOD_LABELS[method] || method) + (beta !== undefined ? " \u00b7 \u03b2 " + beta : "");
+    return h("span", { class: "tag method-" + method, "data-method": method, text: text });
+  }
+
   function toast(message, kind) {
     const t = document.getElementById("toast");
     t.textContent = message;
@@ -251,7 +299,7 @@
       page.data.forEach(function (job, i) {
         body.appendChild(h("tr", { "data-job-id": job.id },
           h("td", {}, h("a", { href: "#/jobs/" + job.id, class: "mono", text: job.id })),
-          h("td", { text: job.model }),
+          h("td", {}, job.model, " ", methodTag(job)),
           h("td", {}, badge(job.status)),
           h("td", {}, progressCell(progress[i], job.status)),
           h("td", { class: "nowrap", text: when(job.created_at) }),
@@ -264,7 +312,8 @@
   // ---- one job ----------------------------------------------------------------------------
 
   function jobPage(jobId) {
-    const state = { seen: new Set(), events: [], train: [], valid: [], latest: null, job: null };
+    // series[name] = {train: [[step, value]], valid: [...]}; byStep: each step's metrics data.
+    const state = { seen: new Set(), events: [], series: {}, byStep: new Map(), latest: null, job: null, method: null };
     const header = h("div", { class: "card-head" });
     const summary = h("div", { class: "summary" });
     const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
@@ -274,7 +323,10 @@
     svg.setAttribute("aria-label", "Training and validation loss by step");
     const details = h("dl", { class: "details" });
     const hyper = h("dl", { class: "details" });
+    const checkpointsHead = h("tr", {});
     const checkpoints = h("tbody", {});
+    const methodCharts = h("div", { class: "wide chart-row", id: "method-charts", hidden: true });
+    const charts = []; // the method's extra charts: {name, svg}
     const eventList = h("ol", { class: "events", id: "events" });
     const showMetrics = h("input", { type: "checkbox", id: "show-metrics", onchange: function () { renderEvents(); } });
     const errorArea = h("div", {});
@@ -287,18 +339,74 @@
             h("span", { class: "swatch train" }), "train loss",
             h("span", { class: "swatch valid" }), "validation loss")),
         svg),
+      methodCharts,
       h("section", { class: "card" }, h("h2", { text: "Details" }), details),
       h("section", { class: "card" }, h("h2", { text: "Hyperparameters" }), hyper),
       h("section", { class: "card wide" }, h("h2", { text: "Checkpoints" }),
-        h("table", { class: "table", id: "checkpoints" },
-          h("thead", {}, h("tr", {}, ["Step", "Model", "Train loss", "Valid loss", "Created"].map(function (c) {
-            return h("th", { text: c });
-          }))), checkpoints)),
+        h("table", { class: "table", id: "checkpoints" }, h("thead", {}, checkpointsHead), checkpoints)),
       h("section", { class: "card wide" },
         h("div", { class: "card-head" }, h("h2", { text: "Events" }),
           h("label", { class: "inline small muted" }, showMetrics, " show metrics events")),
         eventList)));
     TunaChart.draw(svg, [], 0);
+    const SMALL_CHART = { width: 480, height: 240 }; // the method's charts, two to a row
+
+    function series(name) {
+      if (!state.series[name]) state.series[name] = { train: [], valid: [] };
+      return state.series[name];
+    }
+
+    // Once the job is known: its method decides which metrics are read and charted.
+    function setMethod(job) {
+      if (state.method) return;
+      state.method = jobMethod(job);
+      extraMetrics(state.method).forEach(function (name) {
+        const chart = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+        const id = name.replace(/_/g, "-") + "-chart";
+        chart.setAttribute("id", id);
+        chart.setAttribute("class", "chart");
+        chart.setAttribute("role", "img");
+        chart.setAttribute("aria-label", "Training and validation " + name.replace(/_/g, " ") + " by step");
+        methodCharts.appendChild(h("section", { class: "card" },
+          h("div", { class: "card-head" }, h("h2", { text: metricLabel(name) }),
+            h("div", { class: "legend" },
+              h("span", { class: "swatch train" }), "train",
+              h("span", { class: "swatch valid" }), "validation")),
+          chart));
+        TunaChart.draw(chart, [], 0, SMALL_CHART);
+        charts.push({ name: name, svg: chart });
+      });
+      methodCharts.hidden = charts.length === 0;
+    }
+
+    function addMetrics(d) {
+      // Every method reports loss; one this page does not know is read under supervised's names.
+      const method = METRICS[state.method] ? state.method : "supervised";
+      ["loss"].concat(extraMetrics(method)).forEach(function (name) {
+        const train = d[metricKey(method, "train", name)];
+        const valid = d[metricKey(method, "valid", name)];
+        if (train !== undefined) series(name).train.push([d.step, train]);
+        if (valid !== undefined) series(name).valid.push([d.step, valid]);
+      });
+      state.byStep.set(d.step, d);
+      if (!state.latest || d.step >= state.latest.step) state.latest = d;
+    }
+
+    function drawCharts() {
+      const total = state.latest && state.latest.total_steps;
+      const loss = series("loss");
+      TunaChart.draw(svg, [
+        { name: "train loss", cls: "train", points: loss.train },
+        { name: "validation loss", cls: "valid", points: loss.valid, sparse: true },
+      ], total);
+      charts.forEach(function (c) {
+        const s = series(c.name), label = c.name.replace(/_/g, " ");
+        TunaChart.draw(c.svg, [
+          { name: "train " + label, cls: "train", points: s.train },
+          { name: "validation " + label, cls: "valid", points: s.valid, sparse: true },
+        ], total, Object.assign({ percent: /accuracy$/.test(c.name) }, SMALL_CHART));
+      });
+    }
 
     function renderHeader(job) {
       clear(header);
@@ -321,13 +429,17 @@
       }
       if (job.fine_tuned_model) {
         actions.appendChild(h("a", {
+          class: "button", id: "continue-training", title: "A new job that starts from this model",
+          href: "#/new?model=" + encodeURIComponent(job.fine_tuned_model), text: "Train further",
+        }));
+        actions.appendChild(h("a", {
           class: "button primary", id: "open-playground",
           href: "#/playground?model=" + encodeURIComponent(job.fine_tuned_model), text: "Chat with it",
         }));
       }
       header.appendChild(h("div", {},
         h("a", { href: "#/jobs", class: "small muted", text: "\u2190 All jobs" }),
-        h("h1", {}, h("span", { class: "job-title", text: job.id }), " ", badge(job.status))));
+        h("h1", {}, h("span", { class: "job-title", text: job.id }), " ", badge(job.status), " ", methodTag(job))));
       header.appendChild(actions);
     }
 
@@ -354,13 +466,18 @@
           stat("Step", total ? step + " / " + total : "\u2013", "progress-steps"),
           stat("Train loss", m && m.train_loss !== undefined ? m.train_loss.toFixed(4) : "\u2013"),
           stat("Valid loss", lastValid()),
+          extraMetrics(state.method).map(function (name) {
+            const value = m ? m[metricKey(state.method, "train", name)] : undefined;
+            return stat(metricLabel(name), formatMetric(name, value), "stat-" + name.replace(/_/g, "-"));
+          }),
           stat("Tokens/s", m && m.tokens_per_second ? Math.round(m.tokens_per_second).toLocaleString() : "\u2013"),
           stat("ETA", eta),
           stat("Trained tokens", job.trained_tokens ? job.trained_tokens.toLocaleString() : "\u2013"))));
     }
 
     function lastValid() {
-      const v = state.valid[state.valid.length - 1];
+      const valid = series("loss").valid;
+      const v = valid[valid.length - 1];
       return v ? v[1].toFixed(4) : "\u2013";
     }
 
@@ -370,20 +487,26 @@
 
     function renderDetails(job) {
       clear(details);
+      const method = jobMethod(job);
+      const mhp = methodHyperparameters(job);
       const rows = [
-        ["Base model", job.model],
+        [job.model.startsWith("ft:") ? "Trained from" : "Base model", job.model],
+        ["Method", METHOD_LABELS[method] || method],
         ["Training file", job.training_file],
         ["Validation file", job.validation_file || "\u2013"],
+        mhp.beta !== undefined ? ["Beta", String(mhp.beta)] : null,
         ["Suffix", job.user_provided_suffix || "\u2013"],
         ["Seed", String(job.seed)],
         ["Created", when(job.created_at)],
         ["Finished", when(job.finished_at)],
         ["Result files", (job.result_files || []).join(", ") || "\u2013"],
       ];
-      rows.forEach(function (r) { details.appendChild(h("dt", { text: r[0] })); details.appendChild(h("dd", { class: "mono-ish", text: r[1] })); });
+      rows.filter(Boolean).forEach(function (r) {
+        details.appendChild(h("dt", { text: r[0] }));
+        details.appendChild(h("dd", { class: "mono-ish", "data-field": r[0].toLowerCase().replace(/ /g, "-"), text: r[1] }));
+      });
       clear(hyper);
-      const hp = Object.assign({}, job.hyperparameters,
-        ((job.method || {}).supervised || {}).hyperparameters || {});
+      const hp = Object.assign({}, job.hyperparameters, mhp);
       Object.keys(hp).forEach(function (k) {
         hyper.appendChild(h("dt", { text: k }));
         hyper.appendChild(h("dd", { text: String(hp[k]) }));
@@ -392,6 +515,7 @@
 
     function renderJob(job) {
       state.job = job;
+      setMethod(job);
       renderHeader(job);
       renderSummary(job);
       renderDetails(job);
@@ -411,17 +535,30 @@
 
     async function renderCheckpoints() {
       const page = await api.get("/v1/fine_tuning/jobs/" + jobId + "/checkpoints", { limit: 100 });
+      // DPO: the reward metrics at each checkpoint's step, from its own metrics or the step's event.
+      const extras = extraMetrics(state.method);
+      clear(checkpointsHead);
+      ["Step", "Model", "Train loss", "Valid loss"].concat(extras.map(metricLabel), ["Created"]).forEach(function (c) {
+        checkpointsHead.appendChild(h("th", { text: c }));
+      });
       clear(checkpoints);
       if (page.data.length === 0) {
-        checkpoints.appendChild(h("tr", {}, h("td", { colspan: 5, class: "empty", text: "None yet: one is saved per epoch." })));
+        checkpoints.appendChild(h("tr", {}, h("td", { colspan: 5 + extras.length, class: "empty", text: "None yet: one is saved per epoch." })));
       }
       page.data.forEach(function (c) {
         const m = c.metrics || {};
-        checkpoints.appendChild(h("tr", {},
+        const atStep = state.byStep.get(c.step_number) || {};
+        const model = c.fine_tuned_model_checkpoint;
+        checkpoints.appendChild(h("tr", { "data-step": c.step_number },
           h("td", { text: String(c.step_number) }),
-          h("td", {}, h("code", { text: c.fine_tuned_model_checkpoint }), " ", copyButton(c.fine_tuned_model_checkpoint)),
+          h("td", {}, h("code", { text: model }), " ", copyButton(model), " ",
+            h("a", { class: "small", href: "#/new?model=" + encodeURIComponent(model), text: "Train further" })),
           h("td", { text: m.train_loss != null ? m.train_loss.toFixed(4) : "\u2013" }),
           h("td", { text: m.full_valid_loss != null ? m.full_valid_loss.toFixed(4) : m.valid_loss != null ? m.valid_loss.toFixed(4) : "\u2013" }),
+          extras.map(function (name) {
+            const key = metricKey(state.method, "train", name);
+            return h("td", { "data-metric": name, text: formatMetric(name, m[key] != null ? m[key] : atStep[key]) });
+          }),
           h("td", { class: "nowrap", text: when(c.created_at) })));
       });
     }
@@ -438,24 +575,17 @@
         if (err.status === 404) done = true;
         return;
       }
+      setMethod(job);
       const fresh = await api.newEvents(jobId, state.seen); // after the job: final events included
       fresh.forEach(function (e) {
         state.seen.add(e.id);
         state.events.push(e);
-        if (e.type === "metrics" && e.data) {
-          const d = e.data;
-          if (d.train_loss !== undefined) state.train.push([d.step, d.train_loss]);
-          if (d.valid_loss !== undefined) state.valid.push([d.step, d.valid_loss]);
-          if (!state.latest || d.step >= state.latest.step) state.latest = d;
-        }
+        if (e.type === "metrics" && e.data) addMetrics(e.data);
       });
       renderJob(job);
       if (fresh.length) {
         renderEvents();
-        TunaChart.draw(svg, [
-          { name: "train loss", cls: "train", points: state.train },
-          { name: "validation loss", cls: "valid", points: state.valid, sparse: true },
-        ], state.latest && state.latest.total_steps);
+        drawCharts();
       }
       // Checkpoints change once per epoch: re-read them when a message event (e.g.
       // "Checkpoint created") arrives, and once more at the end.
@@ -566,6 +696,21 @@
     const seed = h("input", { id: "job-seed", type: "number", min: 0, placeholder: "random" });
     const trainingType = h("select", { id: "job-training-type" },
       h("option", { value: "lora", text: "LoRA (adapter)" }), h("option", { value: "full", text: "Full fine-tuning" }));
+    const methodType = h("select", { id: "job-method", name: "method" },
+      h("option", { value: "supervised", text: "Supervised (chat or completion examples)" }),
+      h("option", { value: "dpo", text: "DPO (preference pairs)" }));
+    const beta = h("input", { id: "job-beta", type: "number", min: 0, max: 2, step: "any", placeholder: "auto" });
+    const betaField = h("label", { id: "job-beta-field", hidden: true }, "Beta (DPO, in (0, 2])", beta);
+    const methodHint = h("p", { class: "muted small", id: "job-method-hint" });
+    const showMethod = function () {
+      const dpo = methodType.value === "dpo";
+      betaField.hidden = !dpo;
+      methodHint.textContent = dpo
+        ? "DPO trains on preference files: one JSON object per line with \"input\" (the messages), \"preferred_output\" and \"non_preferred_output\". Beta sets how far the model may move from where it starts (empty means auto)."
+        : "Supervised training learns the assistant's answers of chat (\"messages\") or completion (\"prompt\", \"completion\") examples.";
+    };
+    methodType.addEventListener("change", showMethod);
+    showMethod();
     const message = h("div", {});
     const submit = h("button", { type: "submit", class: "primary", id: "create-job", text: "Start job" });
 
@@ -579,11 +724,19 @@
         if (suffix.value.trim()) body.suffix = suffix.value.trim();
         if (seed.value !== "") body.seed = Number(seed.value);
         const hp = {};
+        const type = methodType.value;
         if (epochs.value !== "") hp.n_epochs = Number(epochs.value);
         if (batch.value !== "") hp.batch_size = Number(batch.value);
         if (lr.value !== "") hp.learning_rate_multiplier = Number(lr.value);
+        if (type === "dpo" && beta.value !== "") hp.beta = Number(beta.value);
         if (trainingType.value === "full") hp.training_type = "full";
-        if (Object.keys(hp).length) body.method = { type: "supervised", supervised: { hyperparameters: hp } };
+        // OpenAI's wire format: method.<type>.hyperparameters; no method at all is supervised.
+        if (Object.keys(hp).length) {
+          body.method = { type: type };
+          body.method[type] = { hyperparameters: hp };
+        } else if (type !== "supervised") {
+          body.method = { type: type };
+        }
         submit.disabled = true;
         try {
           const job = await api.post("/v1/fine_tuning/jobs", body);
@@ -596,24 +749,42 @@
     },
       h("h1", { text: "New fine-tuning job" }),
       h("div", { class: "form-grid" },
-        h("label", {}, "Base model", model),
+        h("label", {}, "Model (a base model, or one of your fine-tuned models to train further)", model),
         h("label", {}, "Training file", training),
         h("label", {}, "Validation file", validation),
-        h("label", {}, "Suffix (in the ft: model id)", suffix)),
+        h("label", {}, "Suffix (in the ft: model id)", suffix),
+        h("label", {}, "Method", methodType)),
+      methodHint,
       h("h2", { text: "Hyperparameters" }),
       h("div", { class: "form-grid four" },
         h("label", {}, "Epochs", epochs),
         h("label", {}, "Batch size", batch),
         h("label", {}, "Learning rate multiplier", lr),
         h("label", {}, "Seed", seed),
-        h("label", {}, "Method", trainingType)),
+        h("label", {}, "Training type", trainingType),
+        betaField),
       message,
       h("div", { class: "actions" }, submit));
     view.appendChild(form);
 
     Promise.all([api.get("/v1/models"), api.get("/v1/files", { purpose: "fine-tune", limit: 200 })]).then(function (res) {
       const models = res[0].data, files = res[1].data;
-      models.forEach(function (m) { model.appendChild(h("option", { value: m.id, text: m.id })); });
+      // The project's ft: models (and checkpoints) start a continued training from their weights.
+      const isFineTuned = function (m) { return m.id.startsWith("ft:"); };
+      const groups = [
+        ["Base models", models.filter(function (m) { return !isFineTuned(m); })],
+        ["Your fine-tuned models (train further)", models.filter(isFineTuned)],
+      ];
+      const wanted = params.get("model");
+      if (wanted && !models.some(function (m) { return m.id === wanted; })) {
+        groups[isFineTuned({ id: wanted }) ? 1 : 0][1].unshift({ id: wanted });
+      }
+      groups.forEach(function (g) {
+        if (g[1].length === 0) return;
+        model.appendChild(h("optgroup", { label: g[0] }, g[1].map(function (m) {
+          return h("option", { value: m.id, text: m.id });
+        })));
+      });
       if (files.length === 0) {
         message.appendChild(h("div", { class: "alert" }, "No training files yet. ", h("a", { href: "#/files", text: "Upload one first." })));
       }

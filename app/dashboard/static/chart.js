@@ -1,10 +1,10 @@
-/* A small SVG line chart for loss curves: no library, redrawn whole on every update. */
+/* A small SVG line chart for metric curves: no library, redrawn whole on every update. */
 "use strict";
 
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
-  const W = 960;
-  const H = 320;
+  const WIDTH = 960;
+  const HEIGHT = 320;
   const PAD = { left: 56, right: 16, top: 16, bottom: 36 };
 
   function el(name, attrs, text) {
@@ -31,21 +31,27 @@
     return ticks;
   }
 
-  function formatTick(v) {
-    if (v === 0) return "0";
-    const a = Math.abs(v);
-    if (a >= 1000) return v.toFixed(0);
-    if (a >= 10) return v.toFixed(1);
-    if (a >= 1) return v.toFixed(2);
-    return v.toPrecision(2);
+  // As many decimals as the tick step needs (0.690, 0.692, ...; 50%, 60%, ...).
+  function formatTick(v, percent, step) {
+    const value = percent ? v * 100 : v;
+    const unit = percent ? step * 100 : step;
+    const decimals = unit > 0 ? Math.min(6, Math.max(0, Math.ceil(-Math.log10(unit) - 1e-9))) : 2;
+    return (Math.abs(value) < 1e-12 ? "0" : value.toFixed(decimals)) + (percent ? "%" : "");
   }
 
   /**
    * Draw `series` ([{name, cls, points: [[step, value], ...]}]) into `svg`, x from 1 to
    * `totalSteps` (or the last step seen). The svg carries `data-points-<cls>` counts, which is
-   * what tests read to see the curve grow.
+   * what tests read to see the curve grow. `options.percent` shows values (0..1) as percentages;
+   * the y axis starts at 0 unless a value is negative (a DPO reward margin can be).
+   * `options.width` / `options.height` size the drawing (a half-width chart wants fewer units,
+   * so that its text stays readable).
    */
-  function draw(svg, series, totalSteps) {
+  function draw(svg, series, totalSteps, options) {
+    options = options || {};
+    const percent = !!options.percent;
+    const W = options.width || WIDTH;
+    const H = options.height || HEIGHT;
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
 
@@ -75,7 +81,7 @@
       hi += 0.5;
     }
     const margin = (hi - lo) * 0.08;
-    lo = Math.max(0, lo - margin);
+    lo = lo >= 0 ? Math.max(0, lo - margin) : lo - margin;
     hi += margin;
 
     const x = function (step) {
@@ -86,12 +92,15 @@
     };
 
     const grid = el("g", { class: "chart-grid" });
-    niceTicks(lo, hi, 4).forEach(function (t) {
+    const yTicks = niceTicks(lo, hi, 4);
+    const yStep = yTicks.length > 1 ? yTicks[1] - yTicks[0] : 0;
+    yTicks.forEach(function (t) {
       grid.appendChild(el("line", { x1: PAD.left, x2: W - PAD.right, y1: y(t), y2: y(t) }));
-      grid.appendChild(el("text", { x: PAD.left - 8, y: y(t) + 4, "text-anchor": "end" }, formatTick(t)));
+      grid.appendChild(el("text", { x: PAD.left - 8, y: y(t) + 4, "text-anchor": "end" }, formatTick(t, percent, yStep)));
     });
     niceTicks(1, maxStep, 6).forEach(function (t) {
-      if (t < 1) return;
+      if (t < 1 || Math.abs(t - Math.round(t)) > 1e-9) return; // steps are whole numbers
+      t = Math.round(t);
       grid.appendChild(el("line", { x1: x(t), x2: x(t), y1: PAD.top, y2: H - PAD.bottom, class: "v" }));
       grid.appendChild(el("text", { x: x(t), y: H - PAD.bottom + 16, "text-anchor": "middle" }, String(t)));
     });
@@ -109,7 +118,8 @@
       if (pts.length <= 120 || s.sparse) {
         pts.forEach(function (p) {
           const dot = el("circle", { cx: x(p[0]), cy: y(p[1]), r: s.sparse ? 3.5 : 2.5 });
-          dot.appendChild(el("title", {}, s.name + " at step " + p[0] + ": " + p[1].toFixed(4)));
+          const value = percent ? (100 * p[1]).toFixed(1) + "%" : p[1].toFixed(4);
+          dot.appendChild(el("title", {}, s.name + " at step " + p[0] + ": " + value));
           g.appendChild(dot);
         });
       }
