@@ -97,4 +97,5 @@ def test_the_core_imports_without_torch_or_the_web_stack() -> None:
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["imported", "6"]
+    modules = [p for p in (ROOT / "tuna_core").glob("*.py") if p.name != "__init__.py"]
+    assert result.stdout.split() == ["imported", str(len(modules))]
