@@ -10,9 +10,8 @@ import io
 import openai
 import pytest
 
-from tests.app.fine_tuning.conftest import preference_jsonl
 from tests.conftest import WorkerProcess
-from tests.datasets import chat_jsonl
+from tests.datasets import chat_jsonl, preference_jsonl
 from tests.worker.test_job_flow import TERMINAL, all_events, create_job, upload, wait_for
 from tuna_core.metrics import metric_names
 

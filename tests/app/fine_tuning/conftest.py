@@ -4,7 +4,6 @@ preference file, and a project's `ft:` model rows to continue from."""
 from __future__ import annotations
 
 import io
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,21 +72,6 @@ def tenant(server: LiveServer) -> Tenant:
 def upload(client: openai.OpenAI, content: bytes | None = None, purpose: str = "fine-tune") -> str:
     data = chat_jsonl(12) if content is None else content
     return client.files.create(file=("train.jsonl", io.BytesIO(data)), purpose=purpose).id  # type: ignore[arg-type]
-
-
-def preference_jsonl(n: int = 12) -> bytes:
-    """A DPO file: one prompt, a preferred and a non-preferred answer per line."""
-    lines = [
-        json.dumps(
-            {
-                "input": {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"}]},
-                "preferred_output": [{"role": "assistant", "content": str(2 * i)}],
-                "non_preferred_output": [{"role": "assistant", "content": str(2 * i + 1)}],
-            }
-        )
-        for i in range(n)
-    ]
-    return ("\n".join(lines) + "\n").encode()
 
 
 def add_fine_tuned_model(

@@ -9,9 +9,10 @@ import openai
 import pytest
 
 from app.orm import FineTuningJob
-from tests.app.fine_tuning.conftest import preference_jsonl, upload
+from tests.app.fine_tuning.conftest import upload
 from tests.app.fine_tuning.test_jobs_api import MODEL, bad_request
 from tests.conftest import LiveServer
+from tests.datasets import preference_jsonl
 
 pytestmark = pytest.mark.usefixtures("job_queue")
 
