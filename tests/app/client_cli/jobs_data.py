@@ -4,7 +4,6 @@ test server's database where no worker should have to train for them."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -16,18 +15,6 @@ from tuna_core.metrics import metric_names
 from tuna_core.model_ids import checkpoint_model_id, fine_tuned_model_id
 
 TINY = "tuna-tiny-test"
-
-
-def preference_jsonl(n: int = 12) -> bytes:
-    lines = [
-        {
-            "input": {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"}]},
-            "preferred_output": [{"role": "assistant", "content": str(2 * i)}],
-            "non_preferred_output": [{"role": "assistant", "content": str(2 * i + 1)}],
-        }
-        for i in range(n)
-    ]
-    return ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
 
 
 def add_metrics(server: LiveServer, job_id: str, steps: list[dict[str, Any]]) -> None:

@@ -17,10 +17,9 @@ from tests.app.client_cli.jobs_data import (
     add_fine_tuned_model,
     add_metrics,
     dpo_steps,
-    preference_jsonl,
 )
 from tests.conftest import LiveServer, WorkerProcess
-from tests.datasets import chat_jsonl
+from tests.datasets import chat_jsonl, preference_jsonl
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ from tests.app.client_cli.jobs_data import (
     add_fine_tuned_model,
     add_metrics,
     dpo_steps,
-    preference_jsonl,
 )
 from tests.conftest import REPO_ROOT, LiveServer, WorkerProcess
-from tests.datasets import chat_jsonl
+from tests.datasets import chat_jsonl, preference_jsonl
 from tuna_core.metrics import METHOD_METRICS, SPLITS, metric_names
 
 FINE_TUNED_GROUP = "Your fine-tuned models (train further)"
