@@ -35,6 +35,10 @@ and later losses must stay close (same updates); only then is the speedup counte
     python bench/train_throughput.py                                  # CPU, SmolLM2-135M, LoRA
     python bench/train_throughput.py --model llama-1b --device cuda --training-type full
     python bench/train_throughput.py --model tiny --steps 2           # seconds; used by tests
+    python bench/train_throughput.py --method dpo                     # DPO vs trl.DPOTrainer
+
+``--method dpo`` runs the DPO bench instead (``bench/_dpo_throughput.py``: the engine's DPO
+against ``trl.DPOTrainer`` + ``peft`` LoRA, the same way, with preference pairs).
 
 The last line is ``speedup X.XX`` (0.00 when loss parity failed).
 """
@@ -444,6 +448,22 @@ class _Bench:
 
 def main(argv: list[str] | None = None) -> Result:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--method",
+        choices=("supervised", "dpo"),
+        default="supervised",
+        help="supervised: the engine vs transformers.Trainer; dpo: the engine's DPO vs "
+        "trl.DPOTrainer (bench/_dpo_throughput.py)",
+    )
+    parser.add_argument("--beta", type=float, default=0.1, help="DPO's beta (--method dpo)")
+    parser.add_argument(
+        "--trl-reference",
+        choices=("precomputed", "per-step"),
+        default="precomputed",
+        help="--method dpo: trl's reference log-probs computed once before training, as the "
+        "engine does (precompute_ref_log_probs=True), or in every step (trl's default; the "
+        "engine's steps are then charged their share of its one-off reference pass)",
+    )
     parser.add_argument("--model", choices=sorted(MODELS), default="smollm2-135m")
     parser.add_argument("--training-type", choices=("lora", "full"), default="lora")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -489,6 +509,10 @@ def main(argv: list[str] | None = None) -> Result:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     parser.add_argument("--loss-rtol", type=float, default=None)
     args = parser.parse_args(argv)
+    if args.method == "dpo":
+        from _dpo_throughput import run as run_dpo
+
+        return run_dpo(args)  # type: ignore[return-value]
 
     import torch
     from transformers import (
