@@ -24,6 +24,10 @@ reference's, in points) and last ``time_ratio_tuna_over_reference X.XX`` (< 1: T
     .venv/bin/python bench/dpo_quality.py                    # 48 pairs, 3 epochs, both sides
     .venv/bin/python bench/dpo_quality.py --tuna-only
     .venv/bin/python bench/dpo_quality.py --reference-only --epochs 2 --train-pairs 32
+    .venv/bin/python bench/dpo_quality.py --reference-only --epoch-em --reference-sft-weight 1
+
+``--threads 1`` on a machine shared with other work: two torch threads on two busy cores ran the
+reference loop 10x slower (OpenMP workers waiting on each other), one side more than the other.
 """
 
 from __future__ import annotations
