@@ -125,8 +125,9 @@ def check_value(key: str, value: Any, *, auto: bool = True) -> Any:
         if not _is_number(value) or not low < value <= high:
             also = ' or "auto"' if auto else ""
             raise InvalidHyperparameter(
-                key, f"expected a number greater than {low:g} and at most {high:g}{also}, "
-                f"got {value!r}."
+                key,
+                f"expected a number greater than {low:g} and at most {high:g}{also}, "
+                f"got {value!r}.",
             )
         return float(value)
     if key == "training_type":
