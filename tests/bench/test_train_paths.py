@@ -184,7 +184,7 @@ def test_benchmark_runs_end_to_end_on_the_tiny_model(
 WEB_STACK = ("app", "fastapi", "starlette", "uvicorn", "pydantic", "pydantic_settings",
              "sqlalchemy", "alembic", "psycopg", "celery", "kombu", "redis", "httpx")  # fmt: skip
 WITHOUT_WEB_STACK = f"""
-import importlib.abc, runpy, sys
+import importlib.abc, importlib.util, runpy, sys
 
 class WebStackAbsent(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -193,6 +193,14 @@ class WebStackAbsent(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, WebStackAbsent())
+# Libraries probe for optional packages (datasets: "is sqlalchemy installed?"); an absent
+# package answers None there, not an error.
+_find_spec = importlib.util.find_spec
+def find_spec(name, package=None):
+    if name.split(".")[0] in {WEB_STACK!r}:
+        return None
+    return _find_spec(name, package)
+importlib.util.find_spec = find_spec
 sys.argv = [{str(BENCH)!r}, *sys.argv[1:]]
 runpy.run_path({str(BENCH)!r}, run_name="__main__")
 """

@@ -37,6 +37,7 @@ def test_the_engine_spells_auto_as_none() -> None:
     stored = {**hp.DEFAULTS, "n_epochs": 3, "lora_rank": 16}
     arguments = hp.engine_arguments(stored)
     assert arguments == {
+        "method": "supervised",
         "batch_size": None,
         "learning_rate_multiplier": None,
         "n_epochs": 3,
@@ -45,11 +46,17 @@ def test_the_engine_spells_auto_as_none() -> None:
         "lora_alpha": 16,
         "lora_dropout": 0.0,
     }
+    dpo = hp.engine_arguments(hp.defaults_for("dpo") | {"beta": 0.5}, "dpo")
+    assert (dpo["method"], dpo["beta"], dpo["n_epochs"]) == ("dpo", 0.5, None)
 
 
 def test_unknown_keys_and_precisions_are_refused() -> None:
     with pytest.raises(hp.InvalidHyperparameter, match="unknown hyperparameter"):
-        hp.check_value("beta", 0.1)
+        hp.check_value("gamma", 0.1)
+    assert hp.check_value("beta", "auto") == "auto" and hp.check_value("beta", 2) == 2.0
+    for bad in (0, -0.1, 2.5, "0.1", True):
+        with pytest.raises(hp.InvalidHyperparameter, match="greater than 0 and at most 2"):
+            hp.check_value("beta", bad)
     assert [hp.check_precision(p) for p in hp.PRECISIONS] == ["auto", "float32", "bf16"]
     with pytest.raises(hp.InvalidHyperparameter, match="precision"):
         hp.check_precision("fp8")
