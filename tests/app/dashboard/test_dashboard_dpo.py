@@ -196,7 +196,10 @@ def test_fine_tuned_models_are_offered_for_continued_training(
     page.click("#create-job")
     page.wait_for_url("**/#/jobs/ftjob-*")
     job_id = page.url.rsplit("/", 1)[1]
-    own.fine_tuning.jobs.cancel(job_id)
+    try:  # nothing to train: the checkpoint has no files, and a worker may fail it first
+        own.fine_tuning.jobs.cancel(job_id)
+    except openai.BadRequestError:
+        assert own.fine_tuning.jobs.retrieve(job_id).status == "failed"
     assert own.fine_tuning.jobs.retrieve(job_id).model == ckpt
     page.wait_for_selector("#view dd[data-field=trained-from]")
     assert page.inner_text("#view dd[data-field=trained-from]") == ckpt
