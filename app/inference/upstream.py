@@ -9,6 +9,8 @@ stay isolated); only the generation is forwarded:
   at start (`--lora-modules ft:...=/path`) or, with `inference_upstream_adapter_root` set (the
   storage root as the upstream sees it) and vLLM's `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`,
   Tuna loads it on first use with `POST /v1/load_lora_adapter` and unloads it when deleted;
+  when the upstream no longer knows it (restarted, or a balancer picked a replica that never
+  loaded it) Tuna loads it again and retries the request once (see `_open`);
 * a full fine-tune needs its own upstream server: name it in `inference_upstream_models`
   (ft id -> served name), otherwise it is a 400.
 
@@ -136,18 +138,56 @@ class UpstreamEngine:
             code="model_not_supported",
         )
 
+    def _loads_adapters(self, target: ModelTarget) -> bool:
+        return target.kind == "lora" and self.adapter_root is not None
+
     async def _ensure_adapter(self, http: httpx.AsyncClient, target: ModelTarget) -> None:
-        if target.kind != "lora" or self.adapter_root is None or target.model_id in self._loaded:
+        if not self._loads_adapters(target) or target.model_id in self._loaded:
             return
         path = f"{self.adapter_root}/{target.storage_key}"
         response = await http.post(
             f"{self.base_url}/load_lora_adapter",
             json={"lora_name": target.model_id, "lora_path": path},
         )
+        # vLLM answers 400 "The lora adapter '...' has already been loaded." when another request
+        # (or another Tuna process) loaded it first: the adapter is there, which is all we need.
         if response.status_code >= 400 and "already" not in response.text.lower():
             raise _upstream_error(response.status_code, response.text, response.headers)
         with self._lock:
             self._loaded.add(target.model_id)
+
+    async def _post(
+        self, http: httpx.AsyncClient, url: str, body: dict[str, Any], target: ModelTarget
+    ) -> httpx.Response:
+        await self._ensure_adapter(http, target)
+        return await http.send(http.build_request("POST", url, json=body), stream=True)
+
+    async def _open(
+        self, http: httpx.AsyncClient, url: str, body: dict[str, Any], target: ModelTarget
+    ) -> httpx.Response:
+        """Send the request; return the (streaming, still open) response once it answered 2xx.
+
+        `_loaded` is only what this process loaded into the upstream it talked to: a restarted
+        vLLM, or another replica behind the same URL, answers 404 ("The model `ft:...` does not
+        exist.") for an adapter we think is loaded.  Nothing has been streamed at that point, so
+        the adapter is loaded again and the request sent once more; a second failure is the
+        caller's error.  Requests racing here each reload and retry at most once (the losers of
+        the race get vLLM's "already been loaded", which counts as loaded), so nothing loops.
+        """
+        response = await self._post(http, url, body, target)
+        if response.status_code == 404 and self._loads_adapters(target):
+            await response.aclose()
+            with self._lock:
+                self._loaded.discard(target.model_id)
+            logger.info("the upstream does not know %s: loading it again", target.model_id)
+            response = await self._post(http, url, body, target)
+        if response.status_code >= 400:
+            try:
+                text = (await response.aread()).decode(errors="replace")
+            finally:
+                await response.aclose()
+            raise _upstream_error(response.status_code, text, response.headers)
+        return response
 
     async def _stream(
         self, path: str, target: ModelTarget, payload: dict[str, Any], params: SamplingParams
@@ -169,11 +209,8 @@ class UpstreamEngine:
         body = {k: v for k, v in body.items() if v is not None}
         try:
             async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as http:
-                await self._ensure_adapter(http, target)
-                async with http.stream("POST", self.base_url + path, json=body) as response:
-                    if response.status_code >= 400:
-                        text = (await response.aread()).decode(errors="replace")
-                        raise _upstream_error(response.status_code, text, response.headers)
+                response = await self._open(http, self.base_url + path, body, target)
+                try:
                     yield Started(0)
                     async for line in response.aiter_lines():
                         if not line.startswith("data:"):
@@ -183,6 +220,8 @@ class UpstreamEngine:
                             break
                         for event in _events(json.loads(data)):
                             yield event
+                finally:
+                    await response.aclose()
         except httpx.HTTPError as exc:
             logger.warning("upstream inference failed: %s", exc)
             raise ServerError(
@@ -216,17 +255,20 @@ def _events(chunk: dict[str, Any]) -> list[GenerationEvent]:
 
 def _upstream_error(status: int, text: str, headers: httpx.Headers) -> APIError:
     try:
-        error = json.loads(text).get("error") or {}
+        parsed = json.loads(text)
+        # {"error": {...}} (OpenAI, recent vLLM); older vLLM puts the fields at the top level
+        error = parsed.get("error") or (parsed if "message" in parsed else {})
         if isinstance(error, str):
             error = {"message": error}
     except (ValueError, AttributeError):
         error = {"message": text[:500] or f"upstream answered {status}"}
     message = str(error.get("message") or f"upstream answered {status}")
+    param, code = error.get("param"), error.get("code")
+    param = param if isinstance(param, str) else None
+    code = code if isinstance(code, str) else None  # vLLM's `code` is the HTTP status (an int)
     if status == 429:
         retry = headers.get("retry-after", "1")
         return RateLimited(message, code="rate_limit_exceeded", headers={"retry-after": retry})
     if 400 <= status < 500:
-        return APIError(
-            message, param=error.get("param"), code=error.get("code"), status_code=status
-        )
+        return APIError(message, param=param, code=code, status_code=status)
     return ServerError(message, code="upstream_error", status_code=502)
