@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     inference_queue_size: int = Field(
         default=64, description="Requests waiting for generation; beyond it the API answers 429"
     )
+    inference_max_batch_size: int = Field(
+        default=64, ge=1, description="Sequences the local engine decodes together (batch rows)"
+    )
     inference_upstream_url: str | None = Field(
         default=None, description="OpenAI-compatible server (vLLM --enable-lora) to serve from"
     )

@@ -2,16 +2,17 @@
 
 `LocalEngine` serves every model from one dedicated worker thread fed by a bounded queue:
 
-* Requests run one at a time, whole (load/select adapter -> prefill -> decode), so one request's
-  adapter selection can never leak into another's forward passes.  On a CPU box the cores are
-  busy with one request anyway; on a GPU this trades throughput for simplicity (use the upstream
-  engine with vLLM for batched serving).
-* At most `queue_size` requests wait; the next one is refused at once with 429
-  `rate_limit_exceeded` and a `retry-after` estimate, before anything is streamed.
+* Requests are decoded in continuous batches (`app.inference.scheduler`): a request joins the
+  running batch at the next step and leaves it as soon as it is done, requests for a base model
+  and for any of its LoRA adapters share one batch (each row with its own adapter), and only the
+  worker thread touches models, so adapters never bleed between requests.
+* At most `max_batch_size` rows decode at once; beyond that at most `queue_size` requests wait,
+  and the next one is refused at once with 429 `rate_limit_exceeded` and a `retry-after`
+  estimate, before anything is streamed.
 * Nothing heavy happens at construction: torch is imported and models are loaded on the worker
   thread at first use, so the API starts fast and tests that never infer never pay for it.
-* A request whose client goes away is skipped if still waiting and stopped at the next token
-  if running.
+* A request whose client goes away is dropped if still waiting and leaves the batch at the next
+  step if running.
 
 Events travel from the worker thread to the request's event loop through an asyncio queue
 (`call_soon_threadsafe`); the async side sees them as an async iterator of `GenerationEvent`s
@@ -25,10 +26,9 @@ import logging
 import math
 import queue
 import threading
-import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,8 +38,6 @@ from app.inference.types import (
     GenerationResult,
     ModelTarget,
     SamplingParams,
-    Started,
-    Usage,
     collect,
 )
 from tuna_core.chat_template import render_prompt
@@ -48,16 +46,17 @@ from tuna_core.devices import DeviceUnavailable
 if TYPE_CHECKING:
     from app.config import Settings
     from app.files.storage import LocalStorage
-    from app.inference.models import ModelCache
+    from app.inference.generation import Choice
+    from app.inference.models import Loaded, ModelCache
+
+# Events, plus the engine's own end/failure markers, from the worker thread to the request.
+Emit = Callable[[Any], None]
 
 logger = logging.getLogger("tuna.inference")
 
 DEFAULT_ADAPTER_CACHE_BYTES = 1024**3
 DEFAULT_QUEUE_SIZE = 64
-
-# Events, plus the engine's own end/failure markers, from the worker thread to the request.
-Emit = Callable[[Any], None]
-Work = Callable[[Emit, threading.Event], None]
+DEFAULT_MAX_BATCH_SIZE = 64
 
 
 class InferenceEngine(Protocol):
@@ -91,24 +90,46 @@ class InferenceEngine(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
-class _Job:
-    work: Work
-    emit: Emit
-    cancel: threading.Event
-    counted: bool = True  # control jobs (evictions) do not take a queue place
-
-
-class _Done:
-    pass
+class Done:
+    """The engine's last event for a request: the async side stops reading."""
 
 
 @dataclass
-class _Failed:
+class Failed:
     error: APIError
 
 
-_DONE = _Done()
+DONE = Done()
+
+
+@dataclass
+class Request:
+    """One API request as the worker thread sees it."""
+
+    target: ModelTarget
+    encode: Callable[[Any], list[list[int]]]  # tokenizer -> token ids of each prompt
+    params: SamplingParams
+    param: str  # "messages" or "prompt": named in context-length errors
+    rows: int  # batch rows it takes: prompts x n
+    emit: Emit
+    cancel: threading.Event
+    # Set once admitted:
+    loaded: Loaded | None = None
+    choices: list[Choice] = field(default_factory=list)
+    prompt_tokens: int = 0
+    admitted_at: float = 0.0
+    finished: bool = False
+
+    @property
+    def running(self) -> bool:
+        return not self.finished and any(not choice.finished for choice in self.choices)
+
+
+@dataclass
+class _Control:
+    """Work for the worker thread between turns (an eviction); takes no place in the queue."""
+
+    run: Callable[[], None]
 
 
 class LocalEngine:
@@ -119,19 +140,22 @@ class LocalEngine:
         *,
         adapter_cache_bytes: int = DEFAULT_ADAPTER_CACHE_BYTES,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         device: str = "auto",
     ) -> None:
         self.cache_dir = cache_dir
         self.local_models = dict(local_models or {})
         self.adapter_cache_bytes = adapter_cache_bytes
         self.queue_size = max(1, queue_size)
+        self.max_batch_size = max(1, max_batch_size)
         self.device = device
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Request | _Control | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting = 0
+        self._running_rows = 0
         self._thread: threading.Thread | None = None
         self._cache: ModelCache | None = None
-        self._seconds_per_job = 1.0  # moving average, for retry-after
+        self._seconds_per_request = 1.0  # moving average, for retry-after
 
     # -- the protocol --------------------------------------------------------------------------
 
@@ -144,12 +168,12 @@ class LocalEngine:
     def stream_chat(
         self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
     ) -> AsyncGenerator[GenerationEvent, None]:
-        def prompts(tokenizer: Any) -> list[list[int]]:
+        def encode(tokenizer: Any) -> list[list[int]]:
             text = render_prompt(tokenizer, messages)
             # The template writes any BOS itself; adding special tokens again would double it.
             return [tokenizer(text, add_special_tokens=False)["input_ids"]]
 
-        return self._stream(self._generation(target, prompts, params, "messages"))
+        return self._stream(target, encode, params, "messages", prompts=1)
 
     async def complete(
         self, target: ModelTarget, prompts: list[str], params: SamplingParams
@@ -170,17 +194,17 @@ class LocalEngine:
                 out.append(ids)
             return out
 
-        return self._stream(self._generation(target, encode, params, "prompt"))
+        return self._stream(target, encode, params, "prompt", prompts=len(prompts))
 
     def evict(self, model_id: str) -> None:
         if self._thread is None:
             return  # nothing was ever loaded
 
-        def work(_: Emit, __: threading.Event) -> None:
+        def run() -> None:
             if self._cache is not None and self._cache.evict(model_id):
                 logger.info("evicted %s", model_id)
 
-        self._jobs.put(_Job(work, lambda _: None, threading.Event(), counted=False))
+        self._jobs.put(_Control(run))
 
     def close(self) -> None:
         if self._thread is not None:
@@ -190,44 +214,15 @@ class LocalEngine:
 
     def stats(self) -> dict[str, Any]:
         """Which models are in memory (read from another thread: a snapshot, for tests/logs)."""
-        base = {"waiting": self._waiting, "queue_size": self.queue_size}
+        base = {
+            "waiting": self._waiting,
+            "running": self._running_rows,
+            "queue_size": self.queue_size,
+            "max_batch_size": self.max_batch_size,
+        }
         return {**base, **(self._cache.stats() if self._cache is not None else {})}
 
     # -- the worker thread ---------------------------------------------------------------------
-
-    def _generation(
-        self,
-        target: ModelTarget,
-        encode: Callable[[Any], list[list[int]]],
-        params: SamplingParams,
-        param: str,
-    ) -> Work:
-        def work(emit: Emit, cancel: threading.Event) -> None:
-            from app.inference.generation import generate
-
-            loaded = self._models().acquire(target)
-            prompts = encode(loaded.tokenizer)
-            budgets = [_max_new_tokens(target, len(ids), params, param) for ids in prompts]
-            prompt_tokens = sum(len(ids) for ids in prompts)
-            emit(Started(prompt_tokens))
-            completion_tokens = 0
-            with loaded.context():
-                for number, (ids, budget) in enumerate(zip(prompts, budgets, strict=True)):
-                    completion_tokens += generate(
-                        loaded.model,
-                        loaded.tokenizer,
-                        ids,
-                        params,
-                        max_new_tokens=budget,
-                        eos_ids=loaded.eos_ids,
-                        emit=emit,
-                        cancel=cancel,
-                        index_offset=number * params.n,
-                        model_kwargs=loaded.model_kwargs,
-                    )
-            emit(Usage(prompt_tokens, completion_tokens))
-
-        return work
 
     def _models(self) -> ModelCache:
         if self._cache is None:
@@ -244,36 +239,41 @@ class LocalEngine:
     def _serve(self) -> None:
         import torch
 
-        from app.inference.generation import GenerationCancelled
+        from app.inference.scheduler import Scheduler
 
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if job.counted:
-                with self._lock:
-                    self._waiting -= 1
-            if job.cancel.is_set():
-                job.emit(_DONE)
-                continue
-            started = time.monotonic()
-            try:
-                with torch.inference_mode():
-                    job.work(job.emit, job.cancel)
-            except GenerationCancelled:
-                pass
-            except APIError as exc:
-                job.emit(_Failed(exc))
-            except Exception:
-                logger.exception("inference failed")
-                job.emit(
-                    _Failed(ServerError("The server had an error while generating the answer."))
-                )
-            finally:
-                job.emit(_DONE)
-            if job.counted:
-                elapsed = time.monotonic() - started
-                self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * elapsed
+        scheduler = Scheduler(
+            self._models,
+            self.max_batch_size,
+            on_admitted=self._admitted,
+            on_finished=self._finished,
+        )
+        with torch.inference_mode():
+            while True:
+                try:  # wait for work only when there is nothing to decode
+                    job = self._jobs.get(block=not scheduler.busy)
+                except queue.Empty:
+                    job = _Control(lambda: None)
+                while job is not None:
+                    if isinstance(job, _Control):
+                        job.run()
+                    else:
+                        scheduler.waiting.append(job)
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                if job is None:
+                    scheduler.shutdown()
+                    return
+                scheduler.turn()
+                self._running_rows = scheduler.running_rows()
+
+    def _admitted(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+    def _finished(self, seconds: float) -> None:
+        self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * seconds
 
     def _start(self) -> None:
         with self._lock:
@@ -283,10 +283,13 @@ class LocalEngine:
                 )
                 self._thread.start()
 
-    def _enqueue(self, job: _Job) -> None:
+    def _enqueue(self, request: Request) -> None:
         with self._lock:
             if self._waiting >= self.queue_size:
-                retry = max(1, min(60, math.ceil(self._seconds_per_job * (self._waiting + 1))))
+                # The line moves a batch at a time: a whole batch of requests ends about every
+                # request-duration.
+                turns = math.ceil((self._waiting + 1) / self.max_batch_size)
+                retry = max(1, min(60, math.ceil(self._seconds_per_request * turns)))
                 raise RateLimited(
                     f"The inference queue is full ({self.queue_size} requests waiting). "
                     f"Please retry after {retry} seconds.",
@@ -295,9 +298,17 @@ class LocalEngine:
                 )
             self._waiting += 1
         self._start()
-        self._jobs.put(job)
+        self._jobs.put(request)
 
-    async def _stream(self, work: Work) -> AsyncGenerator[GenerationEvent, None]:
+    async def _stream(
+        self,
+        target: ModelTarget,
+        encode: Callable[[Any], list[list[int]]],
+        params: SamplingParams,
+        param: str,
+        *,
+        prompts: int,
+    ) -> AsyncGenerator[GenerationEvent, None]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
@@ -308,22 +319,21 @@ class LocalEngine:
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 cancel.set()
 
-        self._enqueue(_Job(work, emit, cancel))
+        request = Request(target, encode, params, param, prompts * params.n, emit, cancel)
+        self._enqueue(request)
         try:
             while True:
                 event = await events.get()
-                if event is _DONE:
+                if isinstance(event, Done):
                     return
-                if isinstance(event, _Failed):
+                if isinstance(event, Failed):
                     raise event.error
                 yield event
         finally:
             cancel.set()
 
 
-def _max_new_tokens(
-    target: ModelTarget, prompt_len: int, params: SamplingParams, param: str
-) -> int:
+def max_new_tokens(target: ModelTarget, prompt_len: int, params: SamplingParams, param: str) -> int:
     room = target.context_length - prompt_len
     what = "messages" if param == "messages" else "prompt"
     if params.max_tokens is None:
@@ -362,5 +372,6 @@ def create_engine(settings: Settings, storage: LocalStorage | None = None) -> In
         dict(settings.local_models or {}),
         adapter_cache_bytes=settings.adapter_cache_bytes,
         queue_size=settings.inference_queue_size,
+        max_batch_size=settings.inference_max_batch_size,
         device=settings.inference_device,
     )

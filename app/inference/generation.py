@@ -1,9 +1,10 @@
-"""The decoding loop: one prompt, `n` sampled continuations, text handed out as it becomes final.
+"""Choosing tokens and turning them into text: what each row of a batch does after a forward pass.
 
 What must hold:
 
 * temperature 0 (or top_p 0) is greedy; otherwise sampling draws only from a `torch.Generator`
-  seeded with the request's seed, so the same request (same seed, same n) gives the same text.
+  seeded with the request's seed (one per prompt), so the same request (same seed, same n) gives
+  the same text, whatever other requests share the batch.
 * Text is emitted only once it can no longer change: a suffix that could still grow into a stop
   string, or that ends in half a UTF-8 character, is held back.  Concatenating the deltas gives
   exactly the final text, and a stop string never appears in it (OpenAI cuts before the stop).
@@ -17,17 +18,12 @@ worker thread, never by the API at start-up).
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from app.inference.types import ChoiceFinished, GenerationEvent, SamplingParams, TextDelta
-
-
-class GenerationCancelled(Exception):
-    """The caller went away (client disconnected); the loop stops at the next token."""
 
 
 class TextAssembler:
@@ -103,72 +99,84 @@ def _sample(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
 
 
-def generate(
-    model: Any,
-    tokenizer: Any,
-    prompt_ids: list[int],
-    params: SamplingParams,
-    *,
-    max_new_tokens: int,
-    eos_ids: set[int],
-    emit: Callable[[GenerationEvent], None],
-    cancel: threading.Event,
-    index_offset: int = 0,
-    model_kwargs: dict[str, Any] | None = None,
-) -> int:
-    """Decode ``params.n`` continuations of one prompt in a batch; returns completion tokens."""
-    n = params.n
-    device = next(model.parameters()).device
-    generator = torch.Generator()
-    generator.manual_seed(params.seed if params.seed is not None else _random_seed())
-    rows = [TextAssembler(tokenizer, params.stop) for _ in range(n)]
-    alive = [True] * n
-    penalties = params.presence_penalty != 0 or params.frequency_penalty != 0
-    counts: torch.Tensor | None = None
-    completion_tokens = 0
-    current = torch.tensor([prompt_ids] * n, dtype=torch.long, device=device)
-    past: Any = None
-    extra = dict(model_kwargs or {})
+class Choice:
+    """One continuation (one row of a batch): its text so far, its budget, how it ended."""
 
-    for step in range(max_new_tokens):
-        if cancel.is_set():
-            raise GenerationCancelled
-        out = model(input_ids=current, past_key_values=past, use_cache=True, **extra)
-        past = out.past_key_values
-        logits = out.logits[:, -1, :].float()
-        if penalties:
-            if counts is None:
-                counts = torch.zeros_like(logits)
+    def __init__(
+        self,
+        index: int,
+        tokenizer: Any,
+        params: SamplingParams,
+        *,
+        budget: int,
+        eos_ids: set[int],
+        emit: Callable[[GenerationEvent], None],
+    ) -> None:
+        self.index = index
+        self.budget = budget
+        self.eos_ids = eos_ids
+        self.emit = emit
+        self.text = TextAssembler(tokenizer, params.stop)
+        self.generated = 0
+        self.finished = False
+
+    def accept(self, token: int) -> None:
+        """Take the next token: emit what text became final, and the finish reason if it ended."""
+        self.generated += 1
+        if token in self.eos_ids:
+            finish: str | None = "stop"
+            delta = self.text.flush()
+        else:
+            delta, hit = self.text.push(token)
+            finish = "stop" if hit else ("length" if self.generated >= self.budget else None)
+            if finish == "length":
+                delta += self.text.flush()
+        if delta:
+            self.emit(TextDelta(self.index, delta))
+        if finish is not None:
+            self.finished = True
+            self.emit(ChoiceFinished(self.index, finish))
+
+
+class PromptChoices:
+    """The ``n`` continuations of one prompt, sampled together from one generator.
+
+    The generator is seeded with the request's seed and draws only for this prompt's rows that
+    are still running, so a seeded request gives the same text whatever else shares the batch.
+    """
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, choices: list[Choice]):
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.choices = choices
+        self.generator = torch.Generator()
+        self.generator.manual_seed(params.seed if params.seed is not None else _random_seed())
+        self.penalised = params.presence_penalty != 0 or params.frequency_penalty != 0
+        self.counts: torch.Tensor | None = None  # [n, vocab] tokens generated, for penalties
+
+    @property
+    def greedy(self) -> bool:
+        return not self.penalised and (self.params.temperature == 0 or self.params.top_p == 0)
+
+    def choose(self, logits: torch.Tensor, rows: list[int]) -> list[int]:
+        """Next token for choices ``rows`` (positions in ``choices``), from their float logits."""
+        params = self.params
+        if self.penalised:
+            if self.counts is None:
+                self.counts = torch.zeros(
+                    len(self.choices), logits.shape[-1], dtype=logits.dtype, device=logits.device
+                )
+            counts = self.counts[rows]
             logits = (
                 logits
                 - params.frequency_penalty * counts
                 - params.presence_penalty * (counts > 0).to(logits.dtype)
             )
-        next_tokens = _sample(logits, params, generator)
-        last_step = step == max_new_tokens - 1
-        for i, token in enumerate(next_tokens.tolist()):
-            if not alive[i]:
-                continue
-            completion_tokens += 1
-            if counts is not None:
-                counts[i, token] += 1
-            if token in eos_ids:
-                finish: str | None = "stop"
-                delta = rows[i].flush()
-            else:
-                delta, hit = rows[i].push(token)
-                finish = "stop" if hit else ("length" if last_step else None)
-                if finish == "length":
-                    delta += rows[i].flush()
-            if delta:
-                emit(TextDelta(index_offset + i, delta))
-            if finish is not None:
-                alive[i] = False
-                emit(ChoiceFinished(index_offset + i, finish))
-        if not any(alive):
-            break
-        current = next_tokens.unsqueeze(-1)
-    return completion_tokens
+        tokens: list[int] = _sample(logits, params, self.generator).tolist()
+        if self.counts is not None:
+            for row, token in zip(rows, tokens, strict=True):
+                self.counts[row, token] += 1
+        return tokens
 
 
 def _random_seed() -> int:

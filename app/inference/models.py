@@ -2,28 +2,28 @@
 
 What must hold:
 
-* Only the engine's worker thread calls into this class, so adapter selection (`set_adapter`)
-  and the forward passes of one request never interleave with another request's: no bleeding.
+* Only the engine's worker thread calls into this class (loading, evicting, forward passes), so
+  nothing here needs to be thread-safe except `stats()`.
 * Each base model is loaded once and stays loaded.  All LoRA adapters of a base share it: the
   base is wrapped once with `PeftModel.from_pretrained(base, dir, adapter_name=...)`, further
-  adapters join with `load_adapter`.  Wrapping changes the base model in place, so the base
-  itself is served inside `disable_adapter()` as soon as one adapter is loaded.
+  adapters join with `load_adapter`.  peft's *active* adapter is never used: every LoRA layer is
+  routed through `app.inference.lora`, which applies each batch row's own adapter (or none, for
+  the base's rows), so requests for the base and for any of its adapters decode in one batch.
 * Adapters and full fine-tunes are kept in one LRU bounded by bytes (adapter files / parameter
   bytes).  The entry just loaded is never evicted by its own load, so a single model bigger than
-  the budget still answers (and goes at the next load).  Evicting the last adapter of a base
-  unwraps it (`unload()`) because peft cannot run a `PeftModel` with no adapter.
+  the budget still answers (and goes at the next load).  A model that running requests hold
+  (`hold`/`release`) is not evicted under them: the LRU passes it over, and a deletion waits for
+  the last holder.  Evicting the last adapter of a base unwraps it (`unload()`) because peft
+  cannot run a `PeftModel` with no adapter.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from app.errors import APIError, NotFound, ServerError
+from app.inference.lora import enable_row_adapters
 from app.inference.types import ModelTarget
 from tuna_core.base_models import UnknownBaseModel, resolve_base_model
 from tuna_core.chat_template import ensure_chat_template
@@ -44,13 +45,19 @@ _END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>")
 
 @dataclass
 class Loaded:
-    """What one request runs with, valid only on the worker thread and until the next acquire."""
+    """What one request runs with, on the worker thread, while it holds the model.
 
+    Requests with the same ``batch_key`` share ``model`` and decode in one batch, each row with
+    its own ``adapter`` (a peft adapter name; None for the base itself).
+    """
+
+    model_id: str
     model: Any
     tokenizer: Any
     eos_ids: set[int]
-    context: Callable[[], AbstractContextManager[Any]]
     model_kwargs: dict[str, Any]
+    batch_key: str
+    adapter: str | None = None
 
 
 @dataclass
@@ -75,6 +82,8 @@ class _Entry:
     tokenizer: Any = None
     eos_ids: set[int] = field(default_factory=set)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    holders: int = 0  # running requests that use it
+    doomed: bool = False  # deleted while held: dropped when the last holder lets go
 
 
 class ModelCache:
@@ -98,28 +107,38 @@ class ModelCache:
     # -- what the engine calls -----------------------------------------------------------------
 
     def acquire(self, target: ModelTarget) -> Loaded:
+        """Load (or find) the target's model and hold it until ``release(loaded.model_id)``."""
         if target.kind == "base":
             base = self._base(target.base_model)
-            if base.peft is not None:
-                return Loaded(
-                    base.peft,
-                    base.tokenizer,
-                    base.eos_ids,
-                    base.peft.disable_adapter,
-                    base.model_kwargs,
-                )
             return Loaded(
-                base.model, base.tokenizer, base.eos_ids, contextlib.nullcontext, base.model_kwargs
+                target.model_id,
+                base.model,
+                base.tokenizer,
+                base.eos_ids,
+                base.model_kwargs,
+                batch_key=f"base:{base.name}",
             )
-        if target.kind == "lora":
-            return self._adapter(target)
-        return self._full(target)
+        loaded = self._adapter(target) if target.kind == "lora" else self._full(target)
+        self._lru[target.model_id].holders += 1
+        return loaded
+
+    def release(self, model_id: str) -> None:
+        entry = self._lru.get(model_id)
+        if entry is None:
+            return  # a base: never evicted
+        entry.holders -= 1
+        if entry.holders == 0 and entry.doomed:
+            self.evict(model_id)
 
     def evict(self, model_id: str) -> bool:
-        with self._lock:
-            entry = self._lru.pop(model_id, None)
+        entry = self._lru.get(model_id)
         if entry is None:
             return False
+        if entry.holders > 0:
+            entry.doomed = True  # requests are decoding with it: drop it after the last one
+            return True
+        with self._lock:
+            del self._lru[model_id]
         self._drop(entry)
         return True
 
@@ -161,7 +180,7 @@ class ModelCache:
     def _adapter(self, target: ModelTarget) -> Loaded:
         entry = self._lru.get(target.model_id)
         base = self._base(target.base_model)
-        if entry is None or entry.path != target.path:
+        if entry is None or _stale(entry, target):
             if entry is not None:  # same id, other folder (re-created): reload it
                 self.evict(target.model_id)
             path = _existing(target)
@@ -177,6 +196,7 @@ class ModelCache:
             except (OSError, ValueError) as exc:
                 raise ServerError(f"Could not load the adapter of `{target.model_id}`.") from exc
             base.peft.to(self.device).eval()
+            enable_row_adapters(base.model)
             entry = _Entry(
                 target.model_id,
                 "lora",
@@ -188,15 +208,19 @@ class ModelCache:
             self._insert(entry)
         with self._lock:
             self._lru.move_to_end(target.model_id)
-        assert entry.adapter_name is not None and base.peft is not None
-        base.peft.set_adapter(entry.adapter_name)
         return Loaded(
-            base.peft, base.tokenizer, base.eos_ids, contextlib.nullcontext, base.model_kwargs
+            target.model_id,
+            base.model,  # wrapped in place by peft: its LoRA layers apply each row's adapter
+            base.tokenizer,
+            base.eos_ids,
+            base.model_kwargs,
+            batch_key=f"base:{base.name}",
+            adapter=entry.adapter_name,
         )
 
     def _full(self, target: ModelTarget) -> Loaded:
         entry = self._lru.get(target.model_id)
-        if entry is None or entry.path != target.path:
+        if entry is None or _stale(entry, target):
             if entry is not None:
                 self.evict(target.model_id)
             path = _existing(target)
@@ -220,7 +244,12 @@ class ModelCache:
         with self._lock:
             self._lru.move_to_end(target.model_id)
         return Loaded(
-            entry.model, entry.tokenizer, entry.eos_ids, contextlib.nullcontext, entry.model_kwargs
+            target.model_id,
+            entry.model,
+            entry.tokenizer,
+            entry.eos_ids,
+            entry.model_kwargs,
+            batch_key=f"full:{target.model_id}:{entry.path}",
         )
 
     def _insert(self, entry: _Entry) -> None:
@@ -228,7 +257,8 @@ class ModelCache:
             self._lru[entry.model_id] = entry
         total = sum(e.bytes for e in self._lru.values())
         for model_id in list(self._lru):
-            if total <= self.budget_bytes or model_id == entry.model_id:
+            held = self._lru[model_id].holders > 0
+            if total <= self.budget_bytes or model_id == entry.model_id or held:
                 continue
             total -= self._lru[model_id].bytes
             logger.info("evicting %s from the model cache (LRU, over budget)", model_id)
@@ -248,6 +278,12 @@ class ModelCache:
         entry.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _stale(entry: _Entry, target: ModelTarget) -> bool:
+    """The id now names another folder (deleted and re-created).  While requests still decode
+    with the old weights they keep them; the next request after them loads the new ones."""
+    return entry.path != target.path and entry.holders == 0
 
 
 def adapter_name(model_id: str) -> str:

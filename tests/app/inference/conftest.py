@@ -164,7 +164,8 @@ class SmallServer:
 def small_server(
     tmp_path_factory: pytest.TempPathFactory, model_folders: ModelFolders
 ) -> Iterator[SmallServer]:
-    """Its own app (SQLite): a queue of one and an adapter cache that holds a single adapter."""
+    """Its own app (SQLite): one request decoding at a time, a queue of one, and an adapter cache
+    that holds a single adapter."""
     data_dir = tmp_path_factory.mktemp("tuna-small")
     settings = make_settings(data_dir, None)
     prepare(settings)
@@ -172,6 +173,7 @@ def small_server(
     engine = LocalEngine(
         settings.resolved_model_cache_dir,
         queue_size=1,
+        max_batch_size=1,
         adapter_cache_bytes=int(model_folders.adapter_bytes * 1.5),
     )
     app.state.inference = engine
