@@ -12,8 +12,8 @@ the engine around each forward pass:
   ``[rows, sum of ranks]`` intermediate keeps each row to its own adapter's columns (what
   Punica/LoRAX's gathered kernels compute, in plain torch ops);
 * a layer this fast path does not cover (DoRA and other variants, a LoRA bias, an adapter in
-  another dtype, a non-Linear LoRA layer) falls back to peft's own per-row path
-  (``adapter_names=``), which loops over the adapters.
+  another dtype, a non-Linear LoRA layer) runs peft's own forward once per adapter on that
+  adapter's rows (peft's ``adapter_names=`` path refuses DoRA).
 
 The stacked weights and masks are built once per batch composition (``RowAdapters`` is rebuilt
 only when rows join or leave) and dropped with it.  With no ``row_adapters`` context a layer
@@ -31,8 +31,6 @@ from typing import Any
 
 import torch
 
-BASE = "__base__"  # peft's name for "no adapter" in `adapter_names`
-
 _ROWS: contextvars.ContextVar[RowAdapters | None] = contextvars.ContextVar(
     "tuna_row_adapters", default=None
 )
@@ -42,7 +40,7 @@ _ROWS: contextvars.ContextVar[RowAdapters | None] = contextvars.ContextVar(
 class _Plan:
     """How one layer applies the batch's adapters: skip, fast (stacked) or peft's fallback."""
 
-    kind: str  # "none" | "stacked" | "peft"
+    kind: str  # "none" | "stacked" | "per_adapter"
     lora_a: torch.Tensor | None = None  # [sum of ranks, in]
     lora_b: torch.Tensor | None = None  # [out, sum of ranks], scaling folded in
     mask: torch.Tensor | None = None  # [rows, 1, sum of ranks]; None when every row uses it
@@ -53,10 +51,17 @@ class RowAdapters:
 
     def __init__(self, names: Sequence[str | None]) -> None:
         self.names = list(names)
-        self.peft_names = [name or BASE for name in self.names]
         self.present = sorted({name for name in self.names if name is not None})
+        self._rows: dict[str, torch.Tensor] = {}
         # Keyed by id, holding the layer too: an id is never reused while its plan lives.
         self._plans: dict[int, tuple[Any, _Plan]] = {}
+
+    def rows_of(self, name: str, device: torch.device) -> torch.Tensor:
+        """Indices of the rows that use adapter ``name``."""
+        if name not in self._rows:
+            rows = [i for i, row_name in enumerate(self.names) if row_name == name]
+            self._rows[name] = torch.tensor(rows, device=device)
+        return self._rows[name]
 
     def plan(self, layer: Any) -> _Plan:
         found = self._plans.get(id(layer))
@@ -69,7 +74,7 @@ class RowAdapters:
         if not here:
             return _Plan("none")
         if not _stackable(layer, here):
-            return _Plan("peft")
+            return _Plan("per_adapter")
         a = torch.cat([layer.lora_A[name].weight for name in here], dim=0)
         b = torch.cat([layer.lora_B[name].weight * layer.scaling[name] for name in here], dim=1)
         if all(name == here[0] for name in self.names):
@@ -133,8 +138,8 @@ def _row_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
     plan = rows.plan(self)
     if plan.kind == "none":
         return self.base_layer(x)  # type: ignore[no-any-return]
-    if plan.kind == "peft":
-        return type(self).forward(self, x, adapter_names=rows.peft_names)  # type: ignore[no-any-return]
+    if plan.kind == "per_adapter":
+        return _per_adapter_forward(self, x, rows)
     assert plan.lora_a is not None and plan.lora_b is not None
     result = self.base_layer(x)
     down = x @ plan.lora_a.t()  # [rows, tokens, sum of ranks]: small
@@ -143,3 +148,18 @@ def _row_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch
     flat = result.view(-1, result.shape[-1])  # the base layer's fresh output: add in place
     flat.addmm_(down.view(-1, down.shape[-1]), plan.lora_b.t())
     return result  # type: ignore[no-any-return]
+
+
+def _per_adapter_forward(self: Any, x: torch.Tensor, rows: RowAdapters) -> torch.Tensor:
+    """peft's own forward, once per adapter on its rows (the slow path, for any LoRA kind)."""
+    result: torch.Tensor = self.base_layer(x)
+    active = self.active_adapters
+    try:
+        for name in rows.present:
+            if name in self.lora_A:
+                index = rows.rows_of(name, x.device)
+                self.set_adapter(name)
+                result[index] = type(self).forward(self, x[index]).to(result.dtype)
+    finally:
+        self.set_adapter(active)
+    return result
