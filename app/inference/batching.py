@@ -28,6 +28,11 @@ import torch
 
 from app.inference.lora import RowAdapters, row_adapters
 
+# Columns of KV cache reserved ahead of the batch's longest row (or half its width, if more):
+# decode steps write into them in place; running out costs one copy.
+SPARE_COLUMNS = 64
+ROOMY_CACHE = True
+
 
 @dataclass
 class Row:
@@ -116,11 +121,15 @@ class DecodeBatch:
             layer.values = layer.values.index_select(0, index)[:, :, start:]
         self.rows = list(rows)
         self._adapters = None
+        if ROOMY_CACHE:
+            _roomy(self._cache)
 
     def _join(self, rows: list[Row], cache: Any, mask: torch.Tensor) -> None:
         if not self.rows:
             self.rows, self._cache, self._mask = rows, cache, mask
             self._adapters = None
+            if ROOMY_CACHE:
+                _roomy(self._cache)
             return
         assert self._mask is not None
         width = max(self._mask.shape[1], mask.shape[1])
@@ -132,11 +141,68 @@ class DecodeBatch:
             )
         self.rows = self.rows + rows
         self._adapters = None
+        if ROOMY_CACHE:
+            _roomy(self._cache)
 
     def _row_adapters(self) -> RowAdapters:
         if self._adapters is None:
             self._adapters = RowAdapters([row.adapter for row in self.rows])
         return self._adapters
+
+
+def _roomy_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class RoomyLayer(DynamicLayer):  # type: ignore[misc]
+        """A ``DynamicLayer`` whose keys/values are views into buffers with spare columns.
+
+        A decode step writes its one new column in place, where ``DynamicLayer`` concatenates
+        (a copy of the layer's whole cache, every step).
+        """
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            super().__init__()
+            self.lazy_initialization(keys, values)
+            self._reserve(keys, values)
+
+        def _reserve(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            rows, heads, width, dim = keys.shape
+            room = width + max(SPARE_COLUMNS, width // 2)
+            self._keys = keys.new_empty((rows, heads, room, dim))
+            self._values = values.new_empty((rows, heads, room, values.shape[-1]))
+            self._keys[:, :, :width] = keys
+            self._values[:, :, :width] = values
+            self.keys, self.values = self._keys[:, :, :width], self._values[:, :, :width]
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            assert self.keys is not None and self.values is not None
+            width, new = self.keys.shape[-2], key_states.shape[-2]
+            if width + new > self._keys.shape[-2]:
+                self._reserve(self.keys, self.values)
+            self._keys[:, :, width : width + new] = key_states
+            self._values[:, :, width : width + new] = value_states
+            self.keys = self._keys[:, :, : width + new]
+            self.values = self._values[:, :, : width + new]
+            return self.keys, self.values
+
+    return RoomyLayer
+
+
+def _roomy(cache: Any) -> None:
+    """Give each plain ``DynamicLayer`` of ``cache`` room to grow in place (after a join/keep)."""
+    from transformers.cache_utils import DynamicLayer
+
+    global _ROOMY
+    if _ROOMY is None:
+        _ROOMY = _roomy_layer_class()
+    for i, layer in enumerate(cache.layers):
+        if type(layer) in (DynamicLayer, _ROOMY):
+            cache.layers[i] = _ROOMY(layer.keys, layer.values)
+
+
+_ROOMY: type | None = None
 
 
 def _cache_argument(model: Any) -> str:

@@ -135,7 +135,12 @@ class Scheduler:
                 return  # first come, first served: nobody overtakes the head of the line
             self.waiting.popleft()
             self.on_admitted()
-            self._start(request)
+            try:
+                self._start(request)
+            except Exception:  # a bug or a broken model folder: this request fails, not the engine
+                logger.exception("could not start a request")
+                error = ServerError("The server had an error while generating the answer.")
+                self._end(request, Failed(error))
 
     def _start(self, request: Request) -> None:
         try:
