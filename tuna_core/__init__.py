@@ -8,7 +8,9 @@ Each idea is defined here once, below both sides, so they cannot disagree:
 * `base_models`     the base-model registry: names, aliases, context length, which folder;
 * `hyperparameters` the hyperparameters, their ranges and defaults, precision choices;
 * `model_ids`       `ft:` model ids and checkpoint ids;
-* `devices`         which torch device a run or an engine uses.
+* `devices`         which torch device a run or an engine uses;
+* `evals`           eval templates (``{{ item.x }}``) and graders: the check of a testing
+                    criterion at creation, and the grading of one sample in a run.
 
 Importable without torch, transformers or the web stack (FastAPI, pydantic, SQLAlchemy, Celery):
 the few functions that need torch or transformers import them when called.  The import contract
