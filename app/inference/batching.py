@@ -72,7 +72,7 @@ class DecodeBatch:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        with row_adapters(RowAdapters([row.adapter for row in rows])):
+        with row_adapters(RowAdapters([row.adapter for row in rows], self.model)):
             out = self.model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -146,7 +146,7 @@ class DecodeBatch:
 
     def _row_adapters(self) -> RowAdapters:
         if self._adapters is None:
-            self._adapters = RowAdapters([row.adapter for row in self.rows])
+            self._adapters = RowAdapters([row.adapter for row in self.rows], self.model)
         return self._adapters
 
 

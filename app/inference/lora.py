@@ -31,30 +31,52 @@ from typing import Any
 
 import torch
 
+# Adapter sets whose stacked weights a model keeps (each costs its adapters' weights again).
+ADAPTER_SETS_KEPT = 2
+_SETS = "_tuna_adapter_sets"
+
 _ROWS: contextvars.ContextVar[RowAdapters | None] = contextvars.ContextVar(
     "tuna_row_adapters", default=None
 )
 
 
 @dataclass
-class _Plan:
-    """How one layer applies the batch's adapters: skip, fast (stacked) or peft's fallback."""
+class _Stack:
+    """One layer's share of an adapter set: which of them it has, and their weights stacked."""
 
     kind: str  # "none" | "stacked" | "per_adapter"
+    here: tuple[str, ...] = ()
+    ranks: tuple[int, ...] = ()
     lora_a: torch.Tensor | None = None  # [sum of ranks, in]
     lora_b: torch.Tensor | None = None  # [out, sum of ranks], scaling folded in
+
+
+@dataclass
+class _Plan:
+    """How one layer applies one batch's adapters."""
+
+    kind: str  # "none" | "stacked" | "per_adapter"
+    lora_a: torch.Tensor | None = None
+    lora_b: torch.Tensor | None = None
     mask: torch.Tensor | None = None  # [rows, 1, sum of ranks]; None when every row uses it
 
 
 class RowAdapters:
-    """The adapter (peft name, or None for the base) of each row of a batch, in row order."""
+    """The adapter (peft name, or None for the base) of each row of a batch, in row order.
 
-    def __init__(self, names: Sequence[str | None]) -> None:
+    Built whenever rows join or leave.  The stacked weights depend only on the *set* of
+    adapters, which changes far less often: they are kept on the model per set
+    (``_stacks_for``), so a new composition costs a dict lookup per layer plus one mask.
+    """
+
+    def __init__(self, names: Sequence[str | None], model: torch.nn.Module | None = None):
         self.names = list(names)
-        self.present = sorted({name for name in self.names if name is not None})
+        self.present = tuple(sorted({name for name in self.names if name is not None}))
+        self.uniform = len(set(self.names)) == 1  # one adapter (or none) for every row
+        self._stacks = _stacks_for(model, self.present)
+        self._plans: dict[int, _Plan] = {}
+        self._masks: dict[Any, torch.Tensor] = {}
         self._rows: dict[str, torch.Tensor] = {}
-        # Keyed by id, holding the layer too: an id is never reused while its plan lives.
-        self._plans: dict[int, tuple[Any, _Plan]] = {}
 
     def rows_of(self, name: str, device: torch.device) -> torch.Tensor:
         """Indices of the rows that use adapter ``name``."""
@@ -64,30 +86,68 @@ class RowAdapters:
         return self._rows[name]
 
     def plan(self, layer: Any) -> _Plan:
-        found = self._plans.get(id(layer))
-        if found is None:
-            found = self._plans[id(layer)] = (layer, self._make_plan(layer))
-        return found[1]
+        plan = self._plans.get(id(layer))
+        if plan is None:
+            plan = self._plans[id(layer)] = self._make_plan(layer)
+        return plan
 
     def _make_plan(self, layer: Any) -> _Plan:
-        here = [name for name in self.present if name in layer.lora_A]
-        if not here:
-            return _Plan("none")
-        if not _stackable(layer, here):
-            return _Plan("per_adapter")
-        a = torch.cat([layer.lora_A[name].weight for name in here], dim=0)
-        b = torch.cat([layer.lora_B[name].weight * layer.scaling[name] for name in here], dim=1)
-        if all(name == here[0] for name in self.names):
-            return _Plan("stacked", a, b)
-        columns = []  # which adapter each column of the stacked intermediate belongs to
-        for number, name in enumerate(here):
-            columns += [number] * layer.lora_A[name].weight.shape[0]
-        owner = torch.tensor(columns, device=a.device)
-        row_adapter = torch.tensor(
-            [here.index(name) if name in here else -1 for name in self.names], device=a.device
-        )
-        mask = (row_adapter[:, None] == owner[None, :]).to(a.dtype).unsqueeze(1)
-        return _Plan("stacked", a, b, mask)
+        found = self._stacks.get(id(layer))
+        if found is None:  # held with its layer, so the id is not reused while it lives
+            found = self._stacks[id(layer)] = (layer, _stack(layer, self.present))
+        stack = found[1]
+        if stack.kind != "stacked":
+            return _Plan(stack.kind)
+        assert stack.lora_a is not None
+        if self.uniform:
+            return _Plan("stacked", stack.lora_a, stack.lora_b)
+        return _Plan("stacked", stack.lora_a, stack.lora_b, self._mask(stack, stack.lora_a))
+
+    def _mask(self, stack: _Stack, like: torch.Tensor) -> torch.Tensor:
+        """[rows, 1, sum of ranks]: 1 where a column belongs to the row's adapter.  Layers with
+        the same adapters and ranks (usually all of them) share one."""
+        key = (stack.here, stack.ranks, like.device, like.dtype)
+        mask = self._masks.get(key)
+        if mask is None:
+            owner = torch.repeat_interleave(
+                torch.arange(len(stack.here), device=like.device),
+                torch.tensor(stack.ranks, device=like.device),
+            )
+            row_adapter = torch.tensor(
+                [stack.here.index(n) if n in stack.here else -1 for n in self.names],
+                device=like.device,
+            )
+            mask = (row_adapter[:, None] == owner[None, :]).to(like.dtype).unsqueeze(1)
+            self._masks[key] = mask
+        return mask
+
+
+def _stacks_for(model: torch.nn.Module | None, present: tuple[str, ...]) -> dict[int, Any]:
+    """The per-layer stacks of this adapter set, kept on the model for its last few sets
+    (cleared whenever an adapter is loaded or unloaded: `enable_row_adapters`, `forget_stacks`).
+    Only the model's engine thread touches them."""
+    if model is None:
+        return {}
+    sets: dict[tuple[str, ...], dict[int, Any]] = model.__dict__.setdefault(_SETS, {})
+    stacks = sets.pop(present, None)
+    if stacks is None:
+        stacks = {}
+    sets[present] = stacks  # most recent last
+    while len(sets) > ADAPTER_SETS_KEPT:
+        del sets[next(iter(sets))]
+    return stacks
+
+
+def _stack(layer: Any, present: tuple[str, ...]) -> _Stack:
+    here = tuple(name for name in present if name in layer.lora_A)
+    if not here:
+        return _Stack("none")
+    if not _stackable(layer, here):
+        return _Stack("per_adapter", here)
+    a = torch.cat([layer.lora_A[name].weight for name in here], dim=0)
+    b = torch.cat([layer.lora_B[name].weight * layer.scaling[name] for name in here], dim=1)
+    ranks = tuple(layer.lora_A[name].weight.shape[0] for name in here)
+    return _Stack("stacked", here, ranks, a, b)
 
 
 @contextlib.contextmanager
@@ -104,6 +164,7 @@ def enable_row_adapters(model: torch.nn.Module) -> int:
     """Route every peft LoRA layer of ``model`` through ``_row_forward`` (idempotent)."""
     from peft.tuners.lora.layer import LoraLayer
 
+    forget_stacks(model)  # a new adapter: the layers' adapter sets are not what they were
     routed = 0
     for module in model.modules():
         routed_already = getattr(module.forward, "__func__", None) is _row_forward
@@ -113,7 +174,12 @@ def enable_row_adapters(model: torch.nn.Module) -> int:
     return routed
 
 
-def _stackable(layer: Any, names: list[str]) -> bool:
+def forget_stacks(model: torch.nn.Module) -> None:
+    """Drop the model's stacked weights (an adapter was loaded or unloaded)."""
+    model.__dict__.pop(_SETS, None)
+
+
+def _stackable(layer: Any, names: tuple[str, ...]) -> bool:
     from peft.tuners.lora.layer import Linear
 
     if (

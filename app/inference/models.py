@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from app.errors import APIError, NotFound, ServerError
-from app.inference.lora import enable_row_adapters
+from app.inference.lora import enable_row_adapters, forget_stacks
 from app.inference.types import ModelTarget
 from tuna_core.base_models import UnknownBaseModel, resolve_base_model
 from tuna_core.chat_template import ensure_chat_template
@@ -275,6 +275,7 @@ class ModelCache:
                     with warnings.catch_warnings():  # "was active, now deleted": expected
                         warnings.simplefilter("ignore", UserWarning)
                         base.peft.delete_adapter(entry.adapter_name)
+                forget_stacks(base.model)
         entry.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
