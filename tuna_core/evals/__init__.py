@@ -5,6 +5,9 @@
   `check_messages(messages, param)` checks a run's ``input_messages`` template.
 * `render`, `render_messages`, `build_sample` turn templates, an item and a model's answer into
   text and chat messages (`TemplateError` names a missing field).
+* `grade(criterion, item, sample, judge=None)` grades one sample -> `GradeResult` (its
+  `as_result()` is OpenAI's output-item ``results`` entry); `item_status` and `summarize` make
+  an output item's ``status`` and a run's ``result_counts`` / ``per_testing_criteria_results``.
 
 Pure library code: no model calls (a model grader is handed a ``judge`` callable), no database.
 """
@@ -20,7 +23,17 @@ from tuna_core.evals.checks import (
     check_template,
     score_range,
 )
-from tuna_core.evals.similarity import METRICS, REFUSED_METRICS, similarity
+from tuna_core.evals.graders import (
+    GradeResult,
+    Judge,
+    grade,
+    judge_sampling,
+    parse_label,
+    parse_score,
+    result_type,
+)
+from tuna_core.evals.results import ItemStatus, item_status, summarize
+from tuna_core.evals.similarity import METRICS, REFUSED_METRICS, similarity_score
 from tuna_core.evals.templates import (
     TemplateError,
     build_sample,
@@ -35,14 +48,24 @@ __all__ = [
     "OPENAI_GRADERS",
     "REFUSED_METRICS",
     "STRING_CHECK_OPERATIONS",
+    "GradeResult",
     "GraderConfigError",
+    "ItemStatus",
+    "Judge",
     "TemplateError",
     "build_sample",
     "check_criterion",
     "check_messages",
     "check_template",
+    "grade",
+    "item_status",
+    "judge_sampling",
+    "parse_label",
+    "parse_score",
     "render",
     "render_messages",
+    "result_type",
     "score_range",
-    "similarity",
+    "similarity_score",
+    "summarize",
 ]
