@@ -467,6 +467,8 @@ def test_a_runaway_regex_errors_its_grade(monkeypatch: pytest.MonkeyPatch) -> No
         ('{"town": "Paris"}', {"schema": {"required": ["city"]}}, False, "does not match"),
         (' {"country": "FR", "city": "Paris"} ', {"reference": "{{item.expected}}"}, True, None),
         ('{"city": "Paris"}', {"reference": "{{item.expected}}"}, False, "differs"),
+        ("[1.0, true]", {"reference": "[1, true]"}, True, None),
+        ("[1, 1]", {"reference": "[1, true]"}, False, "differs"),  # true is not 1
     ],
 )
 def test_json_check_grader(

@@ -153,6 +153,19 @@ def _regex(criterion: Mapping[str, Any], text: str) -> bool:
         ) from None
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality: objects by keys, numbers by value (1 == 1.0), but true is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict | list) or isinstance(b, dict | list):
+        return False
+    return bool(a == b)
+
+
 def _json_check(
     criterion: Mapping[str, Any], item: Mapping[str, Any], sample: Mapping[str, Any] | None
 ) -> tuple[bool, dict[str, Any]]:
@@ -174,7 +187,7 @@ def _json_check(
             expected = json.loads(reference_text)
         except ValueError as exc:
             raise _GradeError(f"the reference is not valid JSON: {exc}") from None
-        if value != expected:
+        if not same_json(value, expected):
             return False, {"reason": "differs from the reference"}
     return True, {}
 
