@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help setup serve test lint format bench-upload clean distclean
+.PHONY: help setup serve test lint format bench-upload bench-serve clean distclean
 
 help:
 	@echo "make serve         start Tuna at http://$(HOST):$(PORT) (HOST, PORT, DATA_DIR)"
@@ -20,6 +20,7 @@ help:
 	@echo "make lint          ruff check, ruff format --check, mypy app worker tuna_core"
 	@echo "make format        ruff format + ruff check --fix"
 	@echo "make bench-upload  server memory during a streamed upload (SIZE_MB, PURPOSE)"
+	@echo "make bench-serve   serving throughput: 1/8/32 clients, base and adapters, vs static batch"
 	@echo "make clean         caches and build leftovers (keeps .venv and $(DATA_DIR))"
 	@echo "make distclean     clean + remove .venv"
 
@@ -43,6 +44,9 @@ format: setup
 
 bench-upload: setup
 	$(BIN)/python bench/upload_memory.py --size-mb $(SIZE_MB) --purpose $(PURPOSE)
+
+bench-serve: setup
+	$(BIN)/python bench/serve_throughput.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis build dist *.egg-info

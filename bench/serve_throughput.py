@@ -26,8 +26,9 @@ One run:
    that differ per request.  Scenarios: ``base`` (the base model), ``one-adapter`` (every client
    the same ``ft:`` id), ``multi-adapter`` (client i uses adapter i % 8).  Before each scenario
    every model it uses answers one short request (loads the models), not counted.  A level runs
-   ``--requests-per-client`` requests per client, or with ``--seconds`` each client starts
-   requests until that many seconds have passed (and its last one finishes).
+   ``--seconds`` (30): each client starts requests until that many seconds have passed (and its
+   last one finishes), so a level measures the steady state rather than the ramp of a few
+   synchronized rounds; or ``--requests-per-client`` requests per client.
    Per level: completion tokens/s (sum of ``usage.completion_tokens`` / wall time from the first
    request sent to the last one done), p50/p95 time to first token (from sending the request to
    the first chunk with text, or its end if it has none), requests done, errors.
@@ -912,10 +913,17 @@ def main(argv: list[str] | None = None) -> Result:
     parser.add_argument("--concurrency", type=_int_list, default=[1, 8, 32], help="e.g. 1,8,32")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument(
-        "--requests-per-client", type=int, default=2, help="requests each client sends per level"
+        "--seconds",
+        type=float,
+        default=30.0,
+        help="each client starts requests for this long per level (default 30: steady state, "
+        "not the ramp of a few synchronized rounds)",
     )
     parser.add_argument(
-        "--seconds", type=float, default=None, help="run each level this long instead"
+        "--requests-per-client",
+        type=int,
+        default=None,
+        help="instead of --seconds: requests each client sends per level",
     )
     parser.add_argument(
         "--scenarios", type=_scenario_list, default=list(SCENARIOS), help=",".join(SCENARIOS)
@@ -940,7 +948,9 @@ def main(argv: list[str] | None = None) -> Result:
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even if a target is missed")
     parser.add_argument("--quiet", action="store_true", help="print only the last lines")
     args = parser.parse_args(argv)
-    if args.max_tokens < 1 or args.requests_per_client < 1 or args.adapters < 1:
+    if args.requests_per_client is not None:
+        args.seconds = None
+    if args.max_tokens < 1 or (args.requests_per_client or 1) < 1 or args.adapters < 1:
         parser.error("--max-tokens, --requests-per-client and --adapters must be at least 1")
     result = run(args)
     if args.json:
