@@ -1,6 +1,7 @@
 """All tables; importing this module registers them on `Base.metadata` (Alembic reads it)."""
 
 from app.orm.base import Base
+from app.orm.evals import Eval, EvalOutputItem, EvalRun
 from app.orm.file import File
 from app.orm.fine_tuning import (
     FineTunedModel,
@@ -13,6 +14,9 @@ from app.orm.project import ApiKey, Project
 __all__ = [
     "ApiKey",
     "Base",
+    "Eval",
+    "EvalOutputItem",
+    "EvalRun",
     "File",
     "FineTunedModel",
     "FineTuningCheckpoint",
