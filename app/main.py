@@ -14,6 +14,7 @@ from app.config import Settings, get_settings
 from app.dashboard import install_dashboard
 from app.db import Database
 from app.errors import install_error_handlers
+from app.evals.endpoints import router as evals_router
 from app.files.endpoints import router as files_router
 from app.files.storage import LocalStorage
 from app.fine_tuning.endpoints import router as fine_tuning_router
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(files_router)
     app.include_router(fine_tuning_router)
+    app.include_router(evals_router)
     app.include_router(catalog_router)
     app.include_router(inference_router)
     app.include_router(inference_models_router)

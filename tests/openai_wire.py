@@ -58,6 +58,18 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET", rf"/v1/fine_tuning/jobs/{_ID}/checkpoints", "ListFineTuningJobCheckpointsResponse"
     ),
+    Route("POST", r"/v1/evals", "Eval"),
+    Route("GET", r"/v1/evals", "EvalList"),
+    Route("POST", rf"/v1/evals/{_ID}/runs", "EvalRun"),
+    Route("GET", rf"/v1/evals/{_ID}/runs", "EvalRunList"),
+    Route("GET", rf"/v1/evals/{_ID}/runs/{_ID}/output_items", "EvalRunOutputItemList"),
+    Route("GET", rf"/v1/evals/{_ID}/runs/{_ID}/output_items/{_ID}", "EvalRunOutputItem"),
+    Route("GET", rf"/v1/evals/{_ID}/runs/{_ID}", "EvalRun"),
+    Route("POST", rf"/v1/evals/{_ID}/runs/{_ID}(/cancel)?", "EvalRun"),  # cancel
+    Route("DELETE", rf"/v1/evals/{_ID}/runs/{_ID}", "DeleteEvalRunResponse"),
+    Route("GET", rf"/v1/evals/{_ID}", "Eval"),
+    Route("POST", rf"/v1/evals/{_ID}", "Eval"),  # update
+    Route("DELETE", rf"/v1/evals/{_ID}", "DeleteEvalResponse"),
     Route("GET", r"/v1/models", "ListModelsResponse"),
     Route("GET", r"/v1/models/.+", "Model"),  # model ids may hold `/` and `:`
     Route("DELETE", r"/v1/models/.+", "DeleteModelResponse"),

@@ -13,6 +13,8 @@ from celery import Celery
 from app.config import Settings, get_settings
 
 RUN_JOB_TASK = "tuna.run_job"
+# An eval run's id (`app/evals`); the run must be committed `queued` before it is sent.
+RUN_EVAL_TASK = "tuna.run_eval"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -57,3 +59,6 @@ class CeleryJobQueue:
 
     def enqueue(self, job_id: str) -> None:
         self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.queue)
+
+    def enqueue_eval_run(self, run_id: str) -> None:
+        self.celery.send_task(RUN_EVAL_TASK, args=[run_id], queue=self.queue)

@@ -51,6 +51,14 @@ OBJECTS = (
     "CreateCompletionResponse",
     "CreateCompletionStreamResponse",  # derived below: OpenAI's document has no such name
     "ErrorResponse",
+    "Eval",
+    "EvalList",
+    "DeleteEvalResponse",  # derived below: inline in the document's DELETE /evals/{eval_id}
+    "EvalRun",
+    "EvalRunList",
+    "DeleteEvalRunResponse",  # derived below: inline in DELETE /evals/{eval_id}/runs/{run_id}
+    "EvalRunOutputItem",
+    "EvalRunOutputItemList",
 )
 
 # Keywords whose value is a map of name -> schema (the names are data, not keywords).
@@ -163,7 +171,11 @@ def _empty_file_list_ids(components: dict[str, Any]) -> None:
     # schema says string (clients broke on it: 64bit/async-openai#242, an empty list of the
     # same kind); its checkpoint list declares them nullable. Tuna does the same, and only for
     # an empty page: a page with data must still name its first and last ids.
-    listing = components["ListFilesResponse"]
+    for name in ("ListFilesResponse", "EvalList", "EvalRunList", "EvalRunOutputItemList"):
+        _nullable_ids_when_empty(components[name])
+
+
+def _nullable_ids_when_empty(listing: dict[str, Any]) -> None:
     for key in ("first_id", "last_id"):
         assert listing["properties"][key]["type"] == "string"
         listing["properties"][key] = {"type": "string", "nullable": True}
@@ -185,11 +197,78 @@ def _completion_chunks(components: dict[str, Any]) -> None:
     components["CreateCompletionStreamResponse"] = chunk
 
 
+def _eval_run_error(components: dict[str, Any]) -> None:
+    # A run without an error: OpenAI's own examples of `EvalRun` (and of its list) send
+    # `"error": null`, which the schema's non-nullable `EvalApiError` does not allow.
+    # So do its examples of an output item's `sample` that went well.
+    for properties in (
+        components["EvalRun"]["properties"],
+        components["EvalRunOutputItem"]["properties"]["sample"]["properties"],
+    ):
+        assert "nullable" not in properties["error"]
+        properties["error"] = {**properties["error"], "nullable": True}
+
+
+def _tuna_graders(components: dict[str, Any]) -> None:
+    # Tuna extension (docs/evals.md): `regex` and `json_check` testing criteria, returned as
+    # given; every other grader keeps OpenAI's schema.
+    extension = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["regex", "json_check"]},
+            "name": {"type": "string"},
+        },
+        "required": ["type", "name"],
+    }
+    items = components["Eval"]["properties"]["testing_criteria"]["items"]
+    items["oneOf"].append(extension)
+
+
+def _template_messages(components: dict[str, Any]) -> None:
+    # A run's `input_messages.template` entry `{"role": "user", "content": "..."}` is both an
+    # `EasyInputMessage` and an `EvalItem` (OpenAI's own examples are such messages), so the
+    # document's `oneOf` refuses every plain message; `anyOf` says what it means.
+    source = components["CreateEvalCompletionsRunDataSource"]["properties"]["input_messages"]
+    template = source["oneOf"][0]["properties"]["template"]["items"]
+    template["anyOf"] = template.pop("oneOf")
+
+
+def _recursive_filter(components: dict[str, Any]) -> None:
+    # `CompoundFilter` (reached from a run's file-search tools) uses draft 2019-09's
+    # `$recursiveAnchor`/`$recursiveRef: "#"`, which 2020-12 validators refuse; it means a
+    # reference to `CompoundFilter` itself.
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("$recursiveRef") == "#":
+                return {"$ref": COMPONENTS + "CompoundFilter"}
+            return {k: rewrite(v) for k, v in node.items() if k != "$recursiveAnchor"}
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return node
+
+    assert components["CompoundFilter"].get("$recursiveAnchor") is True
+    components["CompoundFilter"] = rewrite(components["CompoundFilter"])
+
+
+def _delete_responses(paths: dict[str, Any], components: dict[str, Any]) -> None:
+    # OpenAI's document defines these two inline on their DELETE operations only.
+    for name, path in (
+        ("DeleteEvalResponse", "/evals/{eval_id}"),
+        ("DeleteEvalRunResponse", "/evals/{eval_id}/runs/{run_id}"),
+    ):
+        response = paths[path]["delete"]["responses"]["200"]["content"]["application/json"]
+        components[name] = copy.deepcopy(response["schema"])
+
+
 PATCHES: tuple[Callable[[dict[str, Any]], None], ...] = (
     _status_paused,
     _file_purpose_evals,
     _empty_file_list_ids,
     _completion_chunks,
+    _eval_run_error,
+    _tuna_graders,
+    _template_messages,
+    _recursive_filter,
 )
 
 
@@ -198,6 +277,7 @@ def load_components(openapi_yaml: Path) -> dict[str, Any]:
     with openapi_yaml.open() as stream:
         document = yaml.load(stream, Loader=loader)
     components: dict[str, Any] = document["components"]["schemas"]
+    _delete_responses(document["paths"], components)
     for patch in PATCHES:
         patch(components)
     return components
