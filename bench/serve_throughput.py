@@ -334,6 +334,8 @@ def static_batch_tokens_per_s(
     import torch
     from transformers import DynamicCache
 
+    from app.inference.batching import cache_argument  # which keyword this transformers takes
+
     longest = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (longest - len(p)) + p for p in prompts], device=device)
     mask = torch.tensor(
@@ -341,7 +343,7 @@ def static_batch_tokens_per_s(
     )
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     ones = torch.ones((len(prompts), 1), dtype=mask.dtype, device=device)
-    cache_arg = _cache_argument(model)
+    cache_arg = cache_argument(model)
     with torch.inference_mode():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -371,17 +373,6 @@ def static_batch_tokens_per_s(
         token.cpu()
         seconds = time.perf_counter() - started
     return len(prompts) * new_tokens / seconds
-
-
-def _cache_argument(model: Any) -> str:
-    """transformers 5 renamed ``past_key_values`` to ``cache``; older releases take only the old."""
-    import inspect
-
-    try:
-        accepted = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in accepted else "past_key_values"
 
 
 def measure_ceiling(

@@ -50,7 +50,7 @@ class DecodeBatch:
         self.model_kwargs = model_kwargs
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
-        self._cache_arg = _cache_argument(model)
+        self._cache_arg = cache_argument(model)
         self.rows: list[Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # [rows, columns] 1 = a real token
@@ -205,7 +205,7 @@ def _roomy(cache: Any) -> None:
 _ROOMY: type | None = None
 
 
-def _cache_argument(model: Any) -> str:
+def cache_argument(model: Any) -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache``; older releases take only the old."""
     import inspect
 
