@@ -1,4 +1,5 @@
-"""`tuna files|jobs|chat`: the client side of the `tuna` command, over HTTP to any Tuna server.
+"""`tuna files|jobs|evals|chat`: the client side of the `tuna` command, over HTTP to any Tuna
+server.
 
 Registered on the `tuna` group in `app.cli`; nothing here imports the server (no database,
 no torch), so these commands start fast and work against a remote server.
@@ -7,9 +8,10 @@ no torch), so these commands start fast and work against a remote server.
 from __future__ import annotations
 
 from app.client_cli.chat import chat
+from app.client_cli.evals import evals
 from app.client_cli.files import files
 from app.client_cli.jobs import jobs
 
-COMMANDS = (files, jobs, chat)
+COMMANDS = (files, jobs, evals, chat)
 
-__all__ = ["COMMANDS", "chat", "files", "jobs"]
+__all__ = ["COMMANDS", "chat", "evals", "files", "jobs"]
