@@ -33,7 +33,8 @@ when this file and the code disagree. -->
 Every endpoint Tuna serves under `/v1`, generated from the application's OpenAPI schema (the
 running server also publishes it at `/openapi.json`, with interactive pages at `/docs`). The
 shapes follow OpenAI's API; the [README](../README.md) and the guides
-([fine-tuning](fine-tuning.md), [inference](inference.md), [CLI](cli.md)) show them in use.
+([fine-tuning](fine-tuning.md), [inference](inference.md), [evals](evals.md), [CLI](cli.md))
+show them in use.
 
 ## Conventions
 
