@@ -18,37 +18,14 @@ from rich.table import Table
 
 from app.client_cli.common import Ctx, api_command, styled_status, when
 from app.client_cli.files import upload_with_progress
-
-#: `--expect FIELD`: the answer equals the field exactly, and how close it comes (fuzzy match).
-SIMILARITY_THRESHOLD = 0.8
-
-
-def expect_criteria(field: str) -> list[dict[str, Any]]:
-    reference = "{{ item." + field + " }}"
-    return [
-        {
-            "type": "string_check",
-            "name": "exact",
-            "input": "{{ sample.output_text }}",
-            "reference": reference,
-            "operation": "eq",
-        },
-        {
-            "type": "text_similarity",
-            "name": "similar",
-            "input": "{{ sample.output_text }}",
-            "reference": reference,
-            "evaluation_metric": "fuzzy_match",
-            "pass_threshold": SIMILARITY_THRESHOLD,
-        },
-    ]
+from tuna_core.evals import expected_answer_criteria
 
 
 def _criteria(expect: str | None, criteria_file: Path | None) -> list[dict[str, Any]]:
     if (expect is None) == (criteria_file is None):
         raise click.UsageError("Say how to grade: --expect FIELD or --criteria FILE (one).")
     if expect is not None:
-        return expect_criteria(expect)
+        return expected_answer_criteria(expect)
     assert criteria_file is not None
     try:
         loaded = json.loads(criteria_file.read_text())

@@ -8,6 +8,7 @@
 * `grade(criterion, item, sample, judge=None)` grades one sample -> `GradeResult` (its
   `as_result()` is OpenAI's output-item ``results`` entry); `item_status` and `summarize` make
   an output item's ``status`` and a run's ``result_counts`` / ``per_testing_criteria_results``.
+* `expected_answer_criteria(field)`: the `exact` + `similar` criteria every preset grades with.
 
 Pure library code: no model calls (a model grader is handed a ``judge`` callable), no database.
 """
@@ -32,6 +33,7 @@ from tuna_core.evals.graders import (
     parse_score,
     result_type,
 )
+from tuna_core.evals.presets import SIMILARITY_THRESHOLD, expected_answer_criteria
 from tuna_core.evals.results import ItemStatus, item_status, summarize
 from tuna_core.evals.similarity import METRICS, REFUSED_METRICS, similarity_score
 from tuna_core.evals.templates import (
@@ -47,6 +49,7 @@ __all__ = [
     "METRICS",
     "OPENAI_GRADERS",
     "REFUSED_METRICS",
+    "SIMILARITY_THRESHOLD",
     "STRING_CHECK_OPERATIONS",
     "GradeResult",
     "GraderConfigError",
@@ -57,6 +60,7 @@ __all__ = [
     "check_criterion",
     "check_messages",
     "check_template",
+    "expected_answer_criteria",
     "grade",
     "item_status",
     "judge_sampling",
