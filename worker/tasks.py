@@ -2,6 +2,8 @@
 
 `run_job` may be delivered twice, or after the job was cancelled: every status change goes
 through the state machine's conditional update, and a task that loses a race just returns.
+`run_eval` likewise for an eval run (`worker.eval_runs`); its inference engine is created once
+per worker process and kept, with its loaded models, for the next run.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from celery.signals import worker_ready
 from app.config import get_settings
 from app.db import Database
 from app.files.storage import LocalStorage
+from app.inference.engine import InferenceEngine, create_engine
 from worker.broker_memory import broker_memory
-from worker.celery_app import RUN_JOB_TASK, CeleryJobQueue, celery_app
+from worker.celery_app import RUN_EVAL_TASK, RUN_JOB_TASK, CeleryJobQueue, celery_app
+from worker.eval_runs import EvalRunner
 from worker.reconciler import Reconciler
 from worker.runner import JobRunner
 
@@ -42,6 +46,30 @@ def run_job(job_id: str) -> None:
     _runner().run(job_id)
 
 
+@lru_cache
+def _engine() -> InferenceEngine:
+    """Created at the first eval run in this process (after the fork), loaded lazily."""
+    settings = get_settings()
+    return create_engine(settings, LocalStorage(settings.resolved_storage_dir))
+
+
+@lru_cache
+def _eval_runner() -> EvalRunner:
+    settings = get_settings()
+    return EvalRunner(
+        settings=settings,
+        database=Database(settings.resolved_database_url),
+        storage=LocalStorage(settings.resolved_storage_dir),
+        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+        engine=_engine,
+    )
+
+
+@celery_app.task(name=RUN_EVAL_TASK, acks_late=True, reject_on_worker_lost=True)
+def run_eval(run_id: str) -> None:
+    _eval_runner().run(run_id)
+
+
 def _reconcile_forever(reconciler: Reconciler, every_seconds: float) -> None:
     while True:
         time.sleep(every_seconds)
@@ -56,10 +84,12 @@ def _start_reconciler(**_: object) -> None:
     """On start: re-send every waiting job (a broker we cannot look into may have lost them,
     and a worker that died mid-validation holds no lease); then keep watching."""
     settings = get_settings()
+    queue = CeleryJobQueue(settings, celery_app)
     reconciler = Reconciler(
         Database(settings.resolved_database_url),
-        CeleryJobQueue(settings, celery_app).enqueue,
+        queue.enqueue,
         broker_memory(settings),
+        send_eval_run=queue.enqueue_eval_run,
     )
     reconciler.run_once(resend_waiting=True)
     threading.Thread(

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.ids import new_id
@@ -229,4 +229,88 @@ class EvalRepository:
             after=after,
             limit=limit,
             order=order,
+        )
+
+    # The run worker and the reconciler (`worker/eval_runs.py`, `worker/reconciler.py`) ------
+
+    def renew_run_lease(self, run_id: str, worker_id: str, until: datetime) -> None:
+        """Only while this worker still runs it: a lost attempt must not keep the run alive."""
+        self.session.execute(
+            update(EvalRun)
+            .where(
+                EvalRun.id == run_id, EvalRun.worker_id == worker_id, EvalRun.status == IN_PROGRESS
+            )
+            .values(lease_expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+
+    def set_run_progress(self, run_id: str, worker_id: str) -> None:
+        """`items_done` = the items written so far, while this worker runs it."""
+        written = (
+            select(func.count())
+            .select_from(EvalOutputItem)
+            .where(EvalOutputItem.run_id == run_id)
+            .scalar_subquery()
+        )
+        self.session.execute(
+            update(EvalRun)
+            .where(
+                EvalRun.id == run_id, EvalRun.worker_id == worker_id, EvalRun.status == IN_PROGRESS
+            )
+            .values(items_done=written)
+            .execution_options(synchronize_session=False)
+        )
+
+    def run_output_items(self, run_id: str) -> list[EvalOutputItem]:
+        """Every item a run has written, in item order (for its totals)."""
+        return list(
+            self.session.scalars(
+                select(EvalOutputItem)
+                .where(EvalOutputItem.run_id == run_id)
+                .order_by(EvalOutputItem.datasource_item_id)
+            )
+        )
+
+    def expired_run_leases(self, now: datetime) -> list[str]:
+        """Runs in progress whose worker stopped renewing the lease: it died."""
+        return list(
+            self.session.scalars(
+                select(EvalRun.id).where(
+                    EvalRun.status == IN_PROGRESS, EvalRun.lease_expires_at < now
+                )
+            )
+        )
+
+    def requeue_lost_run(self, run_id: str) -> bool:
+        """in_progress -> queued (its worker died); the reconciler sends it again."""
+        return self.move_run(
+            run_id, QUEUED, only_from={IN_PROGRESS}, enqueued_at=None, lease_expires_at=None
+        )
+
+    def waiting_runs(self, *, unsent_before: datetime | None) -> list[str]:
+        """Queued runs that need a message: all, or (with `unsent_before`) those created before
+        it with no message known to be sent."""
+        query = select(EvalRun.id).where(EvalRun.status == QUEUED)
+        if unsent_before is not None:
+            query = query.where(EvalRun.enqueued_at.is_(None), EvalRun.created_at < unsent_before)
+        return list(self.session.scalars(query.order_by(EvalRun.created_at)))
+
+    def claim_run_send(self, run_id: str, at: datetime, *, only_if_unsent: bool) -> bool:
+        """A reconciler's right to send a queued run's message: true for exactly one of several
+        reconcilers when `only_if_unsent`."""
+        query = update(EvalRun).where(EvalRun.id == run_id, EvalRun.status == QUEUED)
+        if only_if_unsent:
+            query = query.where(EvalRun.enqueued_at.is_(None))
+        result = self.session.execute(
+            query.values(enqueued_at=at).execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def unmark_run_enqueued(self, run_id: str, at: datetime) -> None:
+        """Undo `claim_run_send` when the send failed: the next pass tries again."""
+        self.session.execute(
+            update(EvalRun)
+            .where(EvalRun.id == run_id, EvalRun.enqueued_at == at)
+            .values(enqueued_at=None)
+            .execution_options(synchronize_session=False)
         )
