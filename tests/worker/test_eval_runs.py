@@ -354,3 +354,69 @@ def test_the_reconciler_requeues_lost_runs_and_sends_unsent_ones(tmp_path) -> No
     # Without `send_eval_run` (an older caller), runs are left alone.
     assert Reconciler(db, jobs.append).run_once(resend_waiting=True) == []
     db.dispose()
+
+
+def test_a_sigkilled_worker_s_run_is_resumed_by_another_worker(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own server and workers: the first worker is killed mid-run; once the lease expires
+    the run goes back to the queue, a new worker finishes it and no item is written twice."""
+    from app.bootstrap import prepare
+    from app.main import create_app
+    from tests.conftest import make_settings, serve_in_thread
+
+    # A small batch, so items finish (and are written) a few at a time.
+    monkeypatch.setenv("TUNA_INFERENCE_MAX_BATCH_SIZE", "4")
+    settings = make_settings(tmp_path / "data", None, job_lease_seconds=10.0)
+    prepare(settings)
+    app = create_app(settings)
+    url, stop = serve_in_thread(app)
+    live = LiveServer(app=app, settings=settings, url=url, backend="sqlite")
+    workers: list[WorkerProcess] = []
+    try:
+        client = live.client(live.new_key())
+        evaluation = create_eval(client)
+        content = [
+            {"item": {"question": f"Question {n}?", "answer": "x", "hint": "y"}} for n in range(40)
+        ]
+        workers.append(WorkerProcess(settings, tmp_path / "worker-0.log"))
+        workers[0].start()
+        run = client.evals.runs.create(
+            evaluation.id,
+            data_source=data_source({"type": "file_content", "content": content}, tokens=24),  # type: ignore[arg-type]
+        )
+        deadline = time.monotonic() + 180
+        while True:
+            with app.state.db.session_scope() as session:
+                row = session.get(EvalRun, run.id)
+                assert row is not None
+                status, written = row.status, row.items_done
+            if status == "in_progress" and written >= 8:
+                break
+            assert status in ("queued", "in_progress"), status
+            assert time.monotonic() < deadline, "the run did not progress"
+            time.sleep(0.1)
+        workers[0].kill()
+        assert client.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "in_progress"
+
+        workers.append(WorkerProcess(settings, tmp_path / "worker-1.log"))
+        workers[1].start()
+        done = wait_for_run(client, evaluation.id, run.id, timeout=240)
+        assert done.status == "completed", done.error
+        assert done.result_counts.to_dict() == {
+            "total": 40,
+            "errored": 0,
+            "failed": 0,
+            "passed": 40,
+        }
+        with app.state.db.session_scope() as session:
+            ids = session.scalars(
+                select(EvalOutputItem.datasource_item_id).where(EvalOutputItem.run_id == run.id)
+            ).all()
+            row = session.get(EvalRun, run.id)
+            assert row is not None and row.attempt == 2 and row.items_done == 40
+        assert sorted(ids) == list(range(40))
+    finally:
+        for process in workers:
+            process.stop()
+        stop()
