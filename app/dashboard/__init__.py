@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from tuna_core.evals import expected_answer_criteria
 from tuna_core.metrics import METHOD_METRICS, SPLITS, metric_names
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -39,6 +41,15 @@ def install_dashboard(app: FastAPI) -> None:
     def dashboard_metrics() -> Response:
         return Response(metrics_script(), media_type="text/javascript", headers=_NO_CACHE)
 
+    @app.get("/dashboard/evals.js", include_in_schema=False)
+    def dashboard_evals() -> Response:
+        return Response(evals_script(), media_type="text/javascript", headers=_NO_CACHE)
+
+    @app.get("/dashboard/evals/{eval_id}/runs/{run_id}", include_in_schema=False)
+    def dashboard_eval_run(eval_id: str, run_id: str) -> RedirectResponse:
+        # A run's `report_url`: the eval's page, with that run picked out.
+        return RedirectResponse(f"/#/evals/{quote(eval_id, safe='')}?run={quote(run_id, safe='')}")
+
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="dashboard-static")
 
 
@@ -51,3 +62,19 @@ def metrics_script() -> str:
         for method, names in METHOD_METRICS.items()
     }
     return f"window.TUNA_METRICS = {json.dumps(methods, sort_keys=True)};\n"
+
+
+#: The placeholder `evals_script` puts where the expected-answer field goes.
+EXPECT_FIELD_PLACEHOLDER = "__FIELD__"
+
+
+def evals_script() -> str:
+    """`window.TUNA_EVALS`: the testing criteria of the "New eval" form's expected-answer field
+    (`{"expect_criteria": [...], "field_placeholder": "__FIELD__"}`), from
+    `tuna_core.evals.expected_answer_criteria`: the criteria `tuna evals create --expect FIELD`
+    and the job comparison grade with, so that the form grades alike."""
+    served = {
+        "expect_criteria": expected_answer_criteria(EXPECT_FIELD_PLACEHOLDER),
+        "field_placeholder": EXPECT_FIELD_PLACEHOLDER,
+    }
+    return f"window.TUNA_EVALS = {json.dumps(served, sort_keys=True)};\n"

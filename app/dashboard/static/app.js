@@ -1,4 +1,4 @@
-/* Tuna dashboard: a hash-routed single page over the /v1 API (jobs, files, new job, playground). */
+/* Tuna dashboard: a hash-routed single page over the /v1 API (jobs, files, new job, evals, playground). */
 "use strict";
 
 (function () {
@@ -198,6 +198,9 @@
     if (page === "jobs") return jobsPage();
     if (page === "files") return filesPage();
     if (page === "new") return newJobPage(params);
+    if (page === "evals" && parts[1] && parts[2] === "runs" && parts[3]) return evalRunItemsPage(parts[1], parts[3], params);
+    if (page === "evals" && parts[1]) return evalPage(parts[1], params);
+    if (page === "evals") return evalsPage();
     if (page === "playground") return playgroundPage(params);
     view.appendChild(h("section", { class: "card" }, h("h1", { text: "Not found" }),
       h("p", {}, h("a", { href: "#/jobs", text: "Back to jobs" }))));
@@ -797,6 +800,349 @@
       if (params.get("file")) training.value = params.get("file");
       if (params.get("model")) model.value = params.get("model");
     }).catch(function (err) { message.appendChild(errorBox(err.message)); });
+  }
+
+  // ---- evals ------------------------------------------------------------------------------
+
+  const RUN_ACTIVE = ["queued", "in_progress"];
+  // The "New eval" form's grading: from tuna_core.evals (served as /dashboard/evals.js), the
+  // criteria `tuna evals create --expect FIELD` sends.
+  const EVALS = window.TUNA_EVALS || { expect_criteria: [], field_placeholder: "__FIELD__" };
+
+  function expectCriteria(field) {
+    return JSON.parse(JSON.stringify(EVALS.expect_criteria), function (k, v) {
+      return typeof v === "string" ? v.split(EVALS.field_placeholder).join(field) : v;
+    });
+  }
+
+  function evalPath(evalId) {
+    return "/v1/evals/" + encodeURIComponent(evalId);
+  }
+
+  function criteriaNames(evaluation) {
+    return (evaluation.testing_criteria || []).map(function (c) { return c.name || c.type; });
+  }
+
+  function passRate(run) {
+    const c = run.result_counts || {};
+    return c.total ? ((100 * (c.passed || 0)) / c.total).toFixed(1) + "%" : "\u2013";
+  }
+
+  /** Every page of a list endpoint (`limit` 100, `after` the last id). */
+  async function allPages(path, params) {
+    const data = [];
+    let after = null;
+    for (;;) {
+      const page = await api.get(path, Object.assign({ limit: 100, after: after }, params || {}));
+      data.push.apply(data, page.data);
+      if (!page.has_more || page.data.length === 0) return data;
+      after = page.data[page.data.length - 1].id;
+    }
+  }
+
+  function answerOf(item) {
+    const out = (item && item.sample && item.sample.output) || [];
+    return out.length && typeof out[0].content === "string" ? out[0].content : "";
+  }
+
+  function itemText(item) {
+    return JSON.stringify(item && item.datasource_item !== undefined ? item.datasource_item : item);
+  }
+
+  function gradeBadge(status) {
+    return h("span", { class: "badge grade-" + status, "data-grade": status, text: status });
+  }
+
+  function evalsPage() {
+    const body = h("tbody", {});
+    const listError = h("div", {});
+    view.appendChild(h("section", { class: "card" },
+      h("div", { class: "card-head" }, h("h1", { text: "Evals" })),
+      listError,
+      h("table", { class: "table", id: "evals-table" },
+        h("thead", {}, h("tr", {}, ["Name", "ID", "Criteria", "Created"].map(function (c) {
+          return h("th", { text: c });
+        }))),
+        body)));
+    view.appendChild(newEvalForm());
+
+    api.get("/v1/evals", { limit: 100, order: "desc" }).then(function (page) {
+      if (page.data.length === 0) {
+        body.appendChild(h("tr", {}, h("td", { colspan: 4, class: "empty", text: "No evals yet: create one below." })));
+      }
+      page.data.forEach(function (e) {
+        body.appendChild(h("tr", { "data-eval-id": e.id },
+          h("td", {}, h("a", { href: "#/evals/" + encodeURIComponent(e.id), text: e.name || e.id })),
+          h("td", { class: "mono small", text: e.id }),
+          h("td", { text: criteriaNames(e).join(", ") }),
+          h("td", { class: "nowrap", text: when(e.created_at) })));
+      });
+    }).catch(function (err) { listError.appendChild(errorBox(err.message)); });
+  }
+
+  function newEvalForm() {
+    const name = h("input", { id: "eval-name", required: true, maxlength: 200, placeholder: "capitals" });
+    const file = h("select", { id: "eval-file", required: true });
+    const upload = h("input", { type: "file", id: "eval-upload", accept: ".jsonl,.json,.txt" });
+    const uploadNote = h("div", { id: "eval-upload-result" });
+    const system = h("textarea", { id: "eval-system", rows: 2, placeholder: "System message (optional), e.g. Answer with one word." });
+    const prompt = h("textarea", { id: "eval-prompt", rows: 2, required: true });
+    prompt.value = "{{ item.question }}";
+    const expect = h("input", { id: "eval-expect", required: true, value: "answer", pattern: "[A-Za-z_][A-Za-z0-9_.]*" });
+    const maxTokens = h("input", { id: "eval-max-tokens", type: "number", min: 1, max: 32768, value: 256 });
+    const temperature = h("input", { id: "eval-temperature", type: "number", min: 0, max: 2, step: 0.1, value: 0 });
+    const models = h("div", { class: "checks", id: "eval-models" });
+    const message = h("div", {});
+    const submit = h("button", { type: "submit", class: "primary", id: "create-eval", text: "Create eval and runs" });
+
+    function addFile(f) {
+      file.appendChild(h("option", { value: f.id, text: f.id + " \u2014 " + f.filename }));
+    }
+
+    upload.addEventListener("change", async function () {
+      const chosen = upload.files[0];
+      if (!chosen) return;
+      clear(uploadNote);
+      try {
+        const uploaded = await api.upload(chosen, "evals");
+        addFile(uploaded);
+        file.value = uploaded.id;
+        uploadNote.appendChild(h("div", { class: "alert ok", role: "status" }, "Uploaded ", h("code", { text: uploaded.id }), " (" + uploaded.filename + ")."));
+      } catch (err) {
+        uploadNote.appendChild(validationReport(err.message));
+      }
+      upload.value = "";
+    });
+
+    const form = h("form", {
+      class: "card form", id: "new-eval-form",
+      onsubmit: async function (e) {
+        e.preventDefault();
+        clear(message);
+        const picked = Array.from(models.querySelectorAll("input[type=checkbox]:checked")).map(function (c) { return c.value; });
+        if (!file.value) return message.appendChild(errorBox("Pick or upload an evals file."));
+        if (picked.length === 0) return message.appendChild(errorBox("Pick at least one model to run the eval on."));
+        const template = system.value.trim() ? [{ role: "system", content: system.value.trim() }] : [];
+        template.push({ role: "user", content: prompt.value.trim() });
+        const sampling = { temperature: Number(temperature.value || 0), max_completions_tokens: Number(maxTokens.value || 256) };
+        submit.disabled = true;
+        let evaluation;
+        try {
+          evaluation = await api.post("/v1/evals", {
+            name: name.value.trim(),
+            data_source_config: { type: "custom", item_schema: { type: "object" } },
+            testing_criteria: expectCriteria(expect.value.trim()),
+          });
+          for (const model of picked) {
+            await api.post(evalPath(evaluation.id) + "/runs", {
+              name: model,
+              data_source: {
+                type: "completions",
+                source: { type: "file_id", id: file.value },
+                input_messages: { type: "template", template: template },
+                model: model,
+                sampling_params: sampling,
+              },
+            });
+          }
+          location.hash = "#/evals/" + encodeURIComponent(evaluation.id);
+        } catch (err) {
+          message.appendChild(validationReport(err.message));
+          if (evaluation) {
+            message.appendChild(h("p", { class: "small" }, "The eval was created; ",
+              h("a", { href: "#/evals/" + encodeURIComponent(evaluation.id), text: "open it" }), " to see the runs that started."));
+          }
+          submit.disabled = false;
+        }
+      },
+    },
+      h("h2", { text: "New eval" }),
+      h("div", { class: "form-grid" },
+        h("label", {}, "Name", name),
+        h("label", {}, "Items (an evals JSONL file: one JSON object per line)", file),
+        h("label", {}, "\u2026 or upload one", upload),
+        h("label", {}, "Expected answer field (item.FIELD)", expect)),
+      uploadNote,
+      h("label", {}, "System message (a template)", system),
+      h("label", {}, "User message (a template: {{ item.field }})", prompt),
+      h("p", { class: "muted small", id: "eval-grading-hint", text: "Graded as `tuna evals create --expect FIELD` grades: \"exact\" (the answer equals item.FIELD) and \"similar\" (fuzzy match of at least 0.8)." }),
+      h("div", { class: "form-grid four" },
+        h("label", {}, "Max tokens", maxTokens),
+        h("label", {}, "Temperature", temperature)),
+      h("h2", { text: "Models to compare" }),
+      models,
+      message,
+      h("div", { class: "actions" }, submit));
+
+    Promise.all([api.get("/v1/models"), api.get("/v1/files", { purpose: "evals", limit: 200 })]).then(function (res) {
+      const all = res[0].data;
+      const isFineTuned = function (m) { return m.id.startsWith("ft:"); };
+      [["Base models", all.filter(function (m) { return !isFineTuned(m); })],
+        ["Your fine-tuned models and checkpoints", all.filter(isFineTuned)]].forEach(function (g) {
+        if (g[1].length === 0) return;
+        models.appendChild(h("fieldset", { class: "check-group" }, h("legend", { text: g[0] }),
+          g[1].map(function (m) {
+            return h("label", { class: "check" }, h("input", { type: "checkbox", name: "model", value: m.id }), " ", h("code", { text: m.id }));
+          })));
+      });
+      file.appendChild(h("option", { value: "", text: res[1].data.length ? "(pick a file)" : "(no evals files yet: upload one)" }));
+      res[1].data.forEach(addFile);
+    }).catch(function (err) { message.appendChild(errorBox(err.message)); });
+    return form;
+  }
+
+  function evalPage(evalId, params) {
+    const header = h("div", { class: "card-head" });
+    const errorArea = h("div", {});
+    const runsHead = h("tr", {});
+    const runsBody = h("tbody", {});
+    const status = h("p", { class: "muted small", id: "runs-refresh" });
+    const disagreeHead = h("tr", {});
+    const disagreeBody = h("tbody", {});
+    const disagreeNote = h("p", { class: "muted small", id: "disagreements-note", text: "Shown once the runs have finished." });
+    const picked = params.get("run");
+    view.appendChild(h("section", { class: "card" }, header, errorArea,
+      h("table", { class: "table", id: "runs-table" }, h("thead", {}, runsHead), runsBody), status));
+    view.appendChild(h("section", { class: "card" },
+      h("h2", { text: "Where the models disagree" }),
+      h("p", { class: "muted small", text: "Items that pass on some runs and fail on others." }),
+      disagreeNote,
+      h("table", { class: "table", id: "disagreements" }, h("thead", {}, disagreeHead), disagreeBody)));
+
+    let evaluation = null;
+    let comparedFor = null; // the finished runs the disagreements were computed for
+
+    function renderRuns(runs) {
+      const names = criteriaNames(evaluation);
+      clear(runsHead);
+      ["Model", "Status", "Items", "Pass rate"].concat(names, [""]).forEach(function (c) {
+        runsHead.appendChild(h("th", { text: c }));
+      });
+      clear(runsBody);
+      if (runs.length === 0) {
+        runsBody.appendChild(h("tr", {}, h("td", { colspan: 5 + names.length, class: "empty", text: "No runs yet." })));
+      }
+      runs.forEach(function (run) {
+        const results = run.per_testing_criteria_results || [];
+        const counts = run.result_counts || {};
+        const failures = "#/evals/" + encodeURIComponent(evalId) + "/runs/" + encodeURIComponent(run.id) + "?status=fail";
+        runsBody.appendChild(h("tr", { "data-run-id": run.id, class: run.id === picked ? "picked" : null },
+          h("td", {}, h("code", { text: run.model }), run.name && run.name !== run.model ? h("div", { class: "small muted", text: run.name }) : null),
+          h("td", {}, badge(run.status), run.error && run.error.message ? h("div", { class: "small danger-text", text: run.error.message }) : null),
+          h("td", { "data-field": "items", text: String(counts.total || 0) }),
+          h("td", { "data-field": "pass-rate", text: passRate(run) }),
+          names.map(function (n, i) {
+            const r = results.find(function (x) { return x.testing_criteria === n; }) || results[i];
+            const graded = r ? (r.passed || 0) + (r.failed || 0) : 0;
+            return h("td", { "data-criterion": n, text: r && graded ? r.passed + "/" + graded : "\u2013" });
+          }),
+          h("td", {}, h("a", { class: "small", href: failures, "data-failures": run.id, text: "Failures" + (counts.failed ? " (" + counts.failed + ")" : "") }))));
+      });
+    }
+
+    async function renderDisagreements(runs) {
+      const done = runs.filter(function (r) { return r.status === "completed"; });
+      const items = await Promise.all(done.map(function (r) {
+        return allPages(evalPath(evalId) + "/runs/" + encodeURIComponent(r.id) + "/output_items", { order: "asc" });
+      }));
+      const byItem = new Map(); // datasource_item_id -> {item, runs: {runId: output item}}
+      items.forEach(function (list, i) {
+        list.forEach(function (it) {
+          if (!byItem.has(it.datasource_item_id)) byItem.set(it.datasource_item_id, { item: it, runs: {} });
+          byItem.get(it.datasource_item_id).runs[done[i].id] = it;
+        });
+      });
+      const disagreements = Array.from(byItem.entries()).filter(function (entry) {
+        const statuses = Object.values(entry[1].runs).map(function (it) { return it.status; });
+        return statuses.includes("pass") && statuses.includes("fail");
+      }).sort(function (a, b) { return a[0] - b[0]; });
+      clear(disagreeHead);
+      disagreeHead.appendChild(h("th", { text: "Item" }));
+      done.forEach(function (r) { disagreeHead.appendChild(h("th", {}, h("code", { text: r.model }))); });
+      clear(disagreeBody);
+      disagreeNote.textContent = done.length < 2
+        ? "Needs two finished runs to compare."
+        : disagreements.length + " of " + byItem.size + " items get different grades.";
+      disagreements.forEach(function (entry) {
+        disagreeBody.appendChild(h("tr", { "data-item-id": entry[0] },
+          h("td", { class: "mono small item-cell", text: "#" + entry[0] + " " + itemText(entry[1].item) }),
+          done.map(function (r) {
+            const it = entry[1].runs[r.id];
+            if (!it) return h("td", { class: "muted", text: "\u2013" });
+            return h("td", { "data-run-id": r.id, "data-grade": it.status },
+              gradeBadge(it.status), " ", h("span", { class: "answer", text: answerOf(it) }));
+          })));
+      });
+    }
+
+    let stopped = false;
+    every(2000, async function () {
+      if (stopped) return;
+      try {
+        if (!evaluation) {
+          evaluation = await api.get(evalPath(evalId));
+          clear(header).appendChild(h("div", {},
+            h("a", { href: "#/evals", class: "small muted", text: "\u2190 All evals" }),
+            h("h1", {}, h("span", { text: evaluation.name || evaluation.id }), " ", h("code", { class: "small muted", text: evaluation.id })),
+            h("p", { class: "muted small", text: "Criteria: " + criteriaNames(evaluation).join(", ") })));
+        }
+        const runs = await allPages(evalPath(evalId) + "/runs", { order: "asc" });
+        clear(errorArea);
+        renderRuns(runs);
+        const active = runs.some(function (r) { return RUN_ACTIVE.includes(r.status); });
+        const key = runs.map(function (r) { return r.id + ":" + r.status; }).join(",");
+        if (!active && key !== comparedFor) {
+          await renderDisagreements(runs);
+          comparedFor = key;
+        }
+        status.textContent = active
+          ? "Refreshed " + new Date().toLocaleTimeString() + " \u00b7 updates every 2 s while runs are queued or in progress"
+          : "All runs finished.";
+        if (!active) stopped = true;
+      } catch (err) {
+        clear(errorArea).appendChild(errorBox(err.message));
+        if (err.status === 404) stopped = true;
+      }
+    });
+  }
+
+  function evalRunItemsPage(evalId, runId, params) {
+    const wanted = params.get("status") || "";
+    const filter = h("select", { id: "items-status" },
+      [["", "all"], ["fail", "failed"], ["pass", "passed"]].map(function (o) { return h("option", { value: o[0], text: o[1] }); }));
+    filter.value = wanted;
+    filter.addEventListener("change", function () {
+      location.hash = "#/evals/" + encodeURIComponent(evalId) + "/runs/" + encodeURIComponent(runId) + (filter.value ? "?status=" + filter.value : "");
+    });
+    const title = h("h1", {}, "Run ", h("code", { text: runId }));
+    const errorArea = h("div", {});
+    const body = h("tbody", {});
+    view.appendChild(h("section", { class: "card" },
+      h("div", { class: "card-head" },
+        h("div", {}, h("a", { href: "#/evals/" + encodeURIComponent(evalId), class: "small muted", text: "\u2190 The eval" }), title),
+        h("label", { class: "inline small muted" }, "Items ", filter)),
+      errorArea,
+      h("table", { class: "table", id: "run-items" },
+        h("thead", {}, h("tr", {}, ["#", "Item", "Answer", "Grades", "Status"].map(function (c) { return h("th", { text: c }); }))),
+        body)));
+    const base = evalPath(evalId) + "/runs/" + encodeURIComponent(runId);
+    Promise.all([api.get(base), allPages(base + "/output_items", { order: "asc", status: wanted || undefined })]).then(function (res) {
+      const run = res[0];
+      clear(title).appendChild(h("span", {}, "Run on ", h("code", { text: run.model }), " ", badge(run.status)));
+      if (res[1].length === 0) {
+        body.appendChild(h("tr", {}, h("td", { colspan: 5, class: "empty", text: RUN_ACTIVE.includes(run.status) ? "No graded items yet: the run is " + run.status.replace("_", " ") + "." : "No items." })));
+      }
+      res[1].forEach(function (it) {
+        body.appendChild(h("tr", { "data-item-id": it.datasource_item_id },
+          h("td", { text: String(it.datasource_item_id) }),
+          h("td", { class: "mono small item-cell", text: itemText(it) }),
+          h("td", { class: "answer", text: answerOf(it) }),
+          h("td", { class: "small" }, (it.results || []).map(function (r) {
+            return h("div", {}, r.name + ": " + (r.passed ? "pass" : "fail") + (typeof r.score === "number" ? " (" + r.score.toFixed(2) + ")" : ""));
+          })),
+          h("td", {}, gradeBadge(it.status))));
+      });
+    }).catch(function (err) { errorArea.appendChild(errorBox(err.message)); });
   }
 
   // ---- playground -------------------------------------------------------------------------
