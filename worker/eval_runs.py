@@ -44,7 +44,7 @@ from app.files.repository import FileRepository
 from app.files.storage import LocalStorage
 from app.inference.engine import InferenceEngine
 from app.inference.service import InferenceService
-from app.inference.types import ModelTarget, SamplingParams
+from app.inference.types import GenerationResult, ModelTarget, SamplingParams
 from app.orm import EvalOutputItem, EvalRun, Project
 from app.orm.base import utcnow
 from tuna_core.dataset import ExampleError, check_request_messages
@@ -254,7 +254,13 @@ class EvalRunner:
         gate = asyncio.Semaphore(self.concurrency)
         params = _sampling(plan.sampling, plan.target.context_length)
 
-        async def chat(target: ModelTarget, messages: list[dict[str, Any]], sp: SamplingParams):
+        async def chat(
+            target: ModelTarget,
+            messages: list[dict[str, Any]],
+            sp: SamplingParams,
+            *,
+            judging: bool = False,
+        ) -> GenerationResult:
             for attempt in range(_RATE_LIMIT_TRIES):
                 try:
                     result = await engine.chat(target, messages, sp)
@@ -263,9 +269,12 @@ class EvalRunner:
                         raise
                     await asyncio.sleep(0.5)
                     continue
-                usage.add(
-                    target.model_id, result.usage.prompt_tokens, result.usage.completion_tokens
-                )
+                if judging:  # the run's own calls are counted from its written items
+                    usage.add(
+                        target.model_id,
+                        result.usage.prompt_tokens,
+                        result.usage.completion_tokens,
+                    )
                 return result
             raise AssertionError("unreachable")
 
@@ -275,7 +284,7 @@ class EvalRunner:
                 raise ValueError(target or f"the model '{model}' is not available")
             sp = _judge_sampling(sampling)
             future = asyncio.run_coroutine_threadsafe(
-                chat(target, check_request_messages(messages), sp), loop
+                chat(target, check_request_messages(messages), sp, judging=True), loop
             )
             return future.result().choices[0].text
 
@@ -458,8 +467,8 @@ def _grades_of(row: EvalOutputItem) -> list[GradeResult] | None:
 def _per_model_usage(
     model: str, rows: Sequence[EvalOutputItem], usage: UsageBook
 ) -> list[dict[str, Any]]:
-    """The run model's usage from every written item (earlier attempts' too); judges' from
-    this attempt's calls."""
+    """The run model's usage from every written item (earlier attempts' too), plus the judges'
+    calls of this attempt (added to the run model's when a judge is the same model)."""
     out: dict[str, Usage] = {model: Usage()}
     for row in rows:
         counted = (row.sample or {}).get("usage") or {}
@@ -468,8 +477,10 @@ def _per_model_usage(
             out[model].prompt_tokens += int(counted.get("prompt_tokens", 0))
             out[model].completion_tokens += int(counted.get("completion_tokens", 0))
     for name, used in usage.by_model.items():
-        if name != model:
-            out[name] = used
+        total = out.setdefault(name, Usage())
+        total.invocations += used.invocations
+        total.prompt_tokens += used.prompt_tokens
+        total.completion_tokens += used.completion_tokens
     return [
         {
             "model_name": name,

@@ -420,3 +420,41 @@ def test_a_sigkilled_worker_s_run_is_resumed_by_another_worker(
         for process in workers:
             process.stop()
         stop()
+
+
+def test_a_model_grader_is_judged_by_the_engine(server: LiveServer, client: openai.OpenAI) -> None:
+    """The judge runs on the same engine from the grading thread; whatever the tiny model
+    answers is recorded raw in the grade's sample, and its calls count in the run's usage."""
+    evaluation = client.evals.create(
+        name="judged",
+        data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
+        testing_criteria=[
+            {
+                "type": "label_model",
+                "name": "judge",
+                "model": MODEL,
+                "input": [
+                    {"role": "system", "content": "Say yes or no."},
+                    {"role": "user", "content": "Is {{ sample.output_text }} {{ item.answer }}?"},
+                ],
+                "labels": ["yes", "no"],
+                "passing_labels": ["yes"],
+            }
+        ],  # type: ignore[list-item]
+    )
+    items = [{"item": row.get("item", row)} for row in ROWS[:2]]
+    run_id = _queued_run(server, evaluation.id, MODEL, items)
+    _runner(server).run(run_id)
+    done = client.evals.runs.retrieve(run_id, eval_id=evaluation.id)
+    assert done.status == "completed", done.error
+    assert done.result_counts.total == 2
+    (usage,) = done.per_model_usage  # the run's 2 answers and the judge's 2 calls
+    assert (usage.model_name, usage.invocation_count) == (MODEL, 4)
+    for item in client.evals.runs.output_items.list(run_id, eval_id=evaluation.id):
+        (result,) = [r.to_dict() for r in item.results]
+        assert result["type"] == "label-model-grader"
+        assert result["sample"]["model"] == MODEL
+        assert result["sample"]["input"][1]["content"].endswith(
+            f"{item.datasource_item['answer']}?"
+        )
+        assert result["sample"]["output"][0]["role"] == "assistant"
