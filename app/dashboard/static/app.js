@@ -1058,7 +1058,13 @@
       }).sort(function (a, b) { return a[0] - b[0]; });
       clear(disagreeHead);
       disagreeHead.appendChild(h("th", { text: "Item" }));
-      done.forEach(function (r) { disagreeHead.appendChild(h("th", {}, h("code", { text: r.model }))); });
+      done.forEach(function (r) {
+        // Two runs of one model (e.g. other prompts) are told apart by their name or id.
+        const twin = done.some(function (o) { return o !== r && o.model === r.model; });
+        const label = r.name && r.name !== r.model ? r.name : r.id;
+        disagreeHead.appendChild(h("th", { "data-run-id": r.id }, h("code", { text: r.model }),
+          twin ? h("div", { class: "small muted mono", text: label }) : null));
+      });
       clear(disagreeBody);
       disagreeNote.textContent = done.length < 2
         ? "Needs two finished runs to compare."

@@ -248,6 +248,8 @@ def test_the_eval_page_compares_runs_and_lists_disagreements(
         "Milan",
     )
     assert "1 of 3 items" in page.inner_text("#disagreements-note")
+    for run in (run_a, run_b):  # both on one model: the columns name their run
+        assert run.id in page.inner_text(f"#disagreements th[data-run-id='{run.id}']")
 
     # A run's failures: its failed items, with the answer and each grade.
     page.click(f"a[data-failures='{run_b.id}']")
