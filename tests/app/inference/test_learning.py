@@ -1,5 +1,5 @@
 """It learned: a LoRA job on the bundled SmolLM2-135M-Instruct, served by the API, beats the
-base model on held-out inputs.
+base model on held-out inputs, measured by chat completions and by an eval run on each model.
 
 The task is a fixed answer format the base never produces on its own: "Wrap: lantern" ->
 "<<lantern>>".  The held-out words never appear in training, so a model that only memorised its
@@ -15,7 +15,9 @@ import openai
 import pytest
 
 from tests.conftest import WorkerProcess
+from tests.worker.test_eval_runs import wait_for_run
 from tests.worker.test_job_flow import TERMINAL, wait_for
+from tuna_core.evals import expected_answer_criteria
 
 BASE = "SmolLM2-135M-Instruct"
 TRAIN_WORDS = [
@@ -138,3 +140,37 @@ def test_fine_tuned_model_beats_base(client: openai.OpenAI, worker: WorkerProces
     print(f"exact match on held-out words: base {base_em:.2f}, fine-tuned {tuned_em:.2f}")
     assert base_em <= 0.1
     assert tuned_em >= base_em + 0.5
+
+    # The same question through the Evals API, as a user would ask it: one eval, a run per model.
+    items = "".join(json.dumps({"word": w, "answer": answer(w)}) + "\n" for w in TEST_WORDS)
+    items_file = client.files.create(
+        file=("wrap-eval.jsonl", io.BytesIO(items.encode())), purpose="evals"
+    ).id
+    evaluation = client.evals.create(
+        name="wrap",
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+        testing_criteria=expected_answer_criteria("answer"),  # type: ignore[arg-type]
+    )
+    pass_rates = {}
+    for model in (BASE, done.fine_tuned_model):
+        run = client.evals.runs.create(
+            evaluation.id,
+            name=model,
+            data_source={
+                "type": "completions",
+                "source": {"type": "file_id", "id": items_file},
+                "input_messages": {
+                    "type": "template",
+                    "template": [{"role": "user", "content": "Wrap: {{ item.word }}"}],
+                },
+                "model": model,
+                "sampling_params": {"temperature": 0, "max_completions_tokens": 12},
+            },
+        )
+        finished = wait_for_run(client, evaluation.id, run.id, timeout=600)
+        assert finished.status == "completed", finished.error
+        graded = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id))
+        assert len(graded) == len(TEST_WORDS)
+        pass_rates[model] = finished.result_counts.passed / finished.result_counts.total
+    print(f"eval pass rate: {pass_rates}")
+    assert pass_rates[done.fine_tuned_model] >= pass_rates[BASE] + 0.5
