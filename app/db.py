@@ -8,6 +8,7 @@ clean-up for a failed transaction with `after_rollback`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+logger = logging.getLogger("tuna.db")
 
 _AFTER_COMMIT = "tuna_after_commit"
 _AFTER_ROLLBACK = "tuna_after_rollback"
@@ -75,6 +78,34 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def after_commit(session: Session, hook: Callable[[], None]) -> None:
     session.info.setdefault(_AFTER_COMMIT, []).append(hook)
+
+
+def send_after_commit(
+    session: Session, what: str, send: Callable[[], object], record: Callable[[Session], object]
+) -> None:
+    """Once ``session`` commits: ``send`` the broker message for ``what``, then ``record`` that
+    it was sent (``enqueued_at``) in a transaction of its own.
+
+    The row is committed first, so a broker hiccup must not turn the request into a 500: a
+    failed send is logged and the row keeps ``enqueued_at`` empty for a worker's reconciler to
+    send instead (the same covers this process dying between the commit and the send). A failed
+    record only means the reconciler may send a harmless duplicate.
+    """
+    bind = session.get_bind()
+
+    def hook() -> None:
+        try:
+            send()
+        except Exception:
+            logger.exception("could not enqueue %s; a worker's reconciler will", what)
+            return
+        try:
+            with Session(bind) as recording, recording.begin():
+                record(recording)
+        except Exception:
+            logger.warning("could not record that %s was enqueued", what, exc_info=True)
+
+    after_commit(session, hook)
 
 
 def after_rollback(session: Session, hook: Callable[[], None]) -> None:

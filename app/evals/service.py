@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.catalog.base_models import find_offered_base_model
 from app.catalog.repository import ModelRepository
 from app.config import Settings
-from app.db import after_commit
+from app.db import send_after_commit
 from app.errors import InvalidRequest, NotFound
 from app.evals.queue import EvalRunQueue
 from app.evals.repository import (
@@ -36,8 +36,8 @@ from app.evals.repository import (
 from app.evals.schemas import CreateEvalRequest, CreateEvalRunRequest, UpdateEvalRequest
 from app.files.repository import FileRepository
 from app.files.storage import LocalStorage
-from app.fine_tuning.service import _metadata as check_metadata
 from app.ids import new_id
+from app.metadata import check_metadata
 from app.orm import Eval, EvalOutputItem, EvalRun, Project
 from app.orm.base import utcnow
 from app.pagination import Order, Page
@@ -358,23 +358,12 @@ class EvalService:
 
     def _enqueue_after_commit(self, run_id: str) -> None:
         queue = self.queue
-        bind = self.session.get_bind()
-
-        def enqueue() -> None:
-            # Committed already; a broker hiccup must not turn the request into a 500 (the run
-            # keeps `enqueued_at` empty for a reconciler to send).
-            try:
-                queue.enqueue_eval_run(run_id)
-            except Exception:
-                logger.exception("could not enqueue eval run %s", run_id)
-                return
-            try:
-                with Session(bind) as session, session.begin():
-                    EvalRepository(session).mark_enqueued(run_id, utcnow())
-            except Exception:
-                logger.warning("could not record that %s was enqueued", run_id, exc_info=True)
-
-        after_commit(self.session, enqueue)
+        send_after_commit(
+            self.session,
+            run_id,
+            lambda: queue.enqueue_eval_run(run_id),
+            lambda session: EvalRepository(session).mark_enqueued(run_id, utcnow()),
+        )
 
     def get_run(
         self, project: Project, eval_id: str, run_id: str, *, param: str = "run_id"

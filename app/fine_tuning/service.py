@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.catalog.base_models import find_offered_base_model
 from app.catalog.repository import ModelRepository
 from app.config import Settings
-from app.db import after_commit
+from app.db import send_after_commit
 from app.errors import InvalidRequest, NotFound, RateLimited
 from app.files.repository import FileRepository
 from app.fine_tuning import hyperparameters as hp
@@ -29,6 +29,7 @@ from app.fine_tuning.repository import JOB_PREFIX, FineTuningRepository
 from app.fine_tuning.schemas import CreateFineTuningJobRequest
 from app.fine_tuning.state import ACTIVE, JobStatus
 from app.ids import new_id
+from app.metadata import check_metadata
 from app.orm import FineTunedModel, FineTuningCheckpoint, FineTuningEvent, FineTuningJob, Project
 from app.orm.base import utcnow
 from app.pagination import Page
@@ -40,9 +41,6 @@ from tuna_core.model_ids import SUFFIX_PATTERN
 logger = logging.getLogger("tuna.fine_tuning")
 
 MAX_SEED = 2_147_483_647
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 METHOD_TYPES = ("supervised", "dpo", "reinforcement")
 SUPPORTED_METHODS = ("supervised", "dpo")
 FINE_TUNE_PURPOSE = "fine-tune"
@@ -270,24 +268,12 @@ class FineTuningService:
 
     def _enqueue_after_commit(self, job_id: str) -> None:
         queue = self.queue
-        bind = self.session.get_bind()
-
-        def enqueue() -> None:
-            # The row is committed; a broker hiccup must not turn the request into a 500.
-            # The job keeps `enqueued_at` empty and a worker's reconciler sends it instead; the
-            # same covers this process dying between the commit and the send.
-            try:
-                queue.enqueue(job_id)
-            except Exception:
-                logger.exception("could not enqueue %s; a worker's reconciler will", job_id)
-                return
-            try:
-                with Session(bind) as session, session.begin():
-                    FineTuningRepository(session).mark_enqueued(job_id, utcnow())
-            except Exception:  # unmarked, the reconciler sends a harmless duplicate
-                logger.warning("could not record that %s was enqueued", job_id, exc_info=True)
-
-        after_commit(self.session, enqueue)
+        send_after_commit(
+            self.session,
+            job_id,
+            lambda: queue.enqueue(job_id),
+            lambda session: FineTuningRepository(session).mark_enqueued(job_id, utcnow()),
+        )
 
     # Read ---------------------------------------------------------------------------------
 
@@ -380,7 +366,7 @@ def validate_create(request: CreateFineTuningJobRequest) -> ValidatedJob:
         seed=seed,
         hyperparameters=hyperparameters,
         method=method,
-        metadata=_metadata(request.metadata),
+        metadata=check_metadata(request.metadata),
         integrations=_integrations(request.integrations),
         given=given,
     )
@@ -445,35 +431,6 @@ def _no_unknown_keys(value: Mapping[str, Any], allowed: set[str], prefix: str) -
     for key in value:
         if key not in allowed:
             raise InvalidRequest(f"Unknown parameter: '{prefix}.{key}'.", param=f"{prefix}.{key}")
-
-
-def _metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
-    if metadata is None:
-        return None
-    if len(metadata) > MAX_METADATA_PAIRS:
-        raise InvalidRequest(
-            f"Invalid 'metadata': at most {MAX_METADATA_PAIRS} pairs are allowed, "
-            f"got {len(metadata)}.",
-            param="metadata",
-        )
-    for key, value in metadata.items():
-        if not 1 <= len(key) <= MAX_METADATA_KEY:
-            raise InvalidRequest(
-                f"Invalid 'metadata': keys must be 1 to {MAX_METADATA_KEY} characters, "
-                f"got {len(key)}.",
-                param="metadata",
-            )
-        if not isinstance(value, str):
-            raise InvalidRequest(
-                f"Invalid 'metadata.{key}': values must be strings.", param=f"metadata.{key}"
-            )
-        if len(value) > MAX_METADATA_VALUE:
-            raise InvalidRequest(
-                f"Invalid 'metadata.{key}': values must be at most {MAX_METADATA_VALUE} "
-                f"characters, got {len(value)}.",
-                param=f"metadata.{key}",
-            )
-    return dict(metadata)
 
 
 def _integrations(integrations: list[Any] | None) -> list[Any] | None:
