@@ -795,6 +795,7 @@ def run(args: argparse.Namespace) -> Result:
     _quiet_transformers()
     from app.bootstrap import create_key, prepare
     from app.config import Settings
+    from app.sync import run_to_completion
     from tuna_core.base_models import resolve_base_model
 
     result = Result(
@@ -860,7 +861,7 @@ def run(args: argparse.Namespace) -> Result:
             for scenario in args.scenarios:
                 models = models_of[scenario]
                 started = time.perf_counter()
-                asyncio.run(
+                run_to_completion(
                     warm_up(server.url, key, models, min(8, args.max_tokens), args.request_timeout)
                 )
                 say(
@@ -868,7 +869,7 @@ def run(args: argparse.Namespace) -> Result:
                     f"{time.perf_counter() - started:.1f} s"
                 )
                 for clients in args.concurrency:
-                    level = asyncio.run(
+                    level = run_to_completion(
                         run_level(
                             server.url,
                             key,

@@ -47,6 +47,7 @@ from app.inference.service import InferenceService
 from app.inference.types import GenerationResult, ModelTarget, SamplingParams
 from app.orm import EvalOutputItem, EvalRun, Project
 from app.orm.base import utcnow
+from app.sync import run_to_completion
 from tuna_core.dataset import ExampleError, check_request_messages
 from tuna_core.evals import (
     GradeResult,
@@ -156,7 +157,7 @@ class EvalRunner:
             with _RunLease(self.db, run_id, self.worker_id, self.lease):
                 plan = self._plan(run_id)
                 usage = UsageBook()
-                if asyncio.run(self._execute(plan, usage)):
+                if run_to_completion(self._execute(plan, usage)):
                     self._complete(plan, usage)
         except RunFailure as exc:
             self._fail(run_id, exc.code, exc.message)

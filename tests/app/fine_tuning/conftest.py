@@ -35,6 +35,9 @@ class RecordingQueue:
             status = session.scalar(select(FineTuningJob.status).where(FineTuningJob.id == job_id))
         self.enqueued.append((job_id, status))
 
+    def enqueue_eval_run(self, run_id: str) -> None:
+        self.enqueued.append((run_id, None))  # held like jobs: no worker runs it
+
 
 @pytest.fixture
 def job_queue(server: LiveServer) -> Iterator[RecordingQueue]:

@@ -15,13 +15,16 @@ import openai
 import pytest
 from sqlalchemy import select
 
+from app.evals.repository import EvalRepository
 from app.fine_tuning.repository import FineTuningRepository
 from app.orm import FineTunedModel
+from tests.app.evals.test_evals_api import SAMPLE
 from tests.app.fine_tuning.conftest import RecordingQueue
 from tests.app.inference.conftest import TINY, ModelFolders, Tenant, publish
 from tests.conftest import LiveServer
 from tests.datasets import chat_jsonl
 from tests.openai_wire import ROUTES, WIRE
+from tuna_core.evals import expected_answer_criteria
 
 MESSAGES = [{"role": "user", "content": "Say hi."}]
 
@@ -58,6 +61,22 @@ def record_training(server: LiveServer, tenant: Tenant, job_id: str, model_id: s
             fine_tuned_model_checkpoint=f"{model_id}:ckpt-step-2",
             metrics=metrics,
             storage_key=f"jobs/{job_id}/checkpoints/step-2",
+        )
+
+
+def record_output_item(server: LiveServer, run_id: str) -> None:
+    """One graded item, in the shape the eval worker writes."""
+    with server.app.state.db.session_scope() as session:
+        evals = EvalRepository(session)
+        run = evals.get_run(run_id)
+        assert run is not None
+        evals.add_output_item(
+            run,
+            datasource_item_id=0,
+            datasource_item={"q": "Say hi.", "a": "hi"},
+            sample=SAMPLE,
+            results=[{"name": "exact", "type": "string_check", "score": 1.0, "passed": True}],
+            status="pass",
         )
 
 
@@ -147,6 +166,44 @@ def test_main_flow_matches_openai_schemas(
         server.client("sk-not-a-key").models.list()
     with server.http(tenant.key) as http:
         assert http.get("/v1/no-such-thing").status_code == 404
+
+    # Evals: an empty list, an eval, a (held) run, an output item as the worker writes it.
+    assert client.evals.list().data == []
+    items = client.files.create(
+        file=("items.jsonl", io.BytesIO(b'{"q": "Say hi.", "a": "hi"}\n')), purpose="evals"
+    )
+    evaluation = client.evals.create(
+        name="wire",
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+        testing_criteria=expected_answer_criteria("a"),  # type: ignore[arg-type]
+    )
+    assert [e.id for e in client.evals.list().data] == [evaluation.id]
+    assert client.evals.retrieve(evaluation.id).name == "wire"
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            "type": "completions",
+            "source": {"type": "file_id", "id": items.id},
+            "input_messages": {
+                "type": "template",
+                "template": [{"role": "user", "content": "{{ item.q }}"}],
+            },
+            "model": model_id,
+        },
+    )
+    assert [r.id for r in client.evals.runs.list(evaluation.id).data] == [run.id]
+    assert client.evals.runs.output_items.list(run.id, eval_id=evaluation.id).data == []
+    record_output_item(server, run.id)
+    [item] = client.evals.runs.output_items.list(run.id, eval_id=evaluation.id).data
+    assert (
+        client.evals.runs.output_items.retrieve(
+            item.id, eval_id=evaluation.id, run_id=run.id
+        ).status
+        == "pass"
+    )
+    assert client.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "queued"
+    assert client.evals.runs.delete(run.id, eval_id=evaluation.id).deleted
+    assert client.evals.delete(evaluation.id).deleted
 
     assert client.models.delete(model_id).deleted
 

@@ -22,8 +22,10 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import select
 
+from app.evals.repository import EvalRepository
 from app.fine_tuning.state import JobStatus, transition
 from app.orm import FineTunedModel, FineTuningCheckpoint, FineTuningEvent, Project
+from tests.app.evals.test_evals_api import SAMPLE
 from tests.conftest import LiveServer
 from tests.datasets import chat_jsonl
 
@@ -34,6 +36,9 @@ class _NoQueue:
     """Stands in for the broker: these jobs must never train (nor reach a later test's worker)."""
 
     def enqueue(self, job_id: str) -> None:
+        pass
+
+    def enqueue_eval_run(self, run_id: str) -> None:
         pass
 
 
@@ -325,6 +330,181 @@ def case_completions(w: World) -> None:
             assert_hidden(w, w.b.post("/v1/completions", json=body), model)
 
 
+# -- evals: A's eval, its run (never executed) and one output item, made per case -----------
+
+
+@dataclass
+class AEval:
+    eval_id: str
+    run_id: str
+    item_id: str
+
+    @property
+    def ids(self) -> list[str]:
+        return [self.eval_id, self.run_id, self.item_id]
+
+
+def a_eval(w: World) -> AEval:
+    items = w.a.post(
+        "/v1/files",
+        files={"file": ("items.jsonl", io.BytesIO(b'{"q": "hi"}\n'), "application/jsonl")},
+        data={"purpose": "evals"},
+    ).json()["id"]
+    criteria = [
+        {"type": "string_check", "name": "c", "input": "{{ sample.output_text }}",
+         "reference": "hi", "operation": "eq"}
+    ]  # fmt: skip
+    evaluation = w.a.post(
+        "/v1/evals",
+        json={
+            "name": "secret-eval",
+            "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
+            "testing_criteria": criteria,
+        },
+    )
+    assert evaluation.status_code == 200, evaluation.text
+    eval_id = evaluation.json()["id"]
+    run = w.a.post(f"/v1/evals/{eval_id}/runs", json=_eval_run_body(items, w.a_model))
+    assert run.status_code == 200, run.text
+    run_id = run.json()["id"]
+    with w.server.app.state.db.session_scope() as session:
+        evals = EvalRepository(session)
+        row = evals.get_run(run_id)
+        assert row is not None
+        item = evals.add_output_item(
+            row,
+            datasource_item_id=0,
+            datasource_item={"q": "hi"},
+            sample=SAMPLE,
+            results=[],
+            status="pass",
+        )
+        item_id = str(item.id)
+    return AEval(eval_id, run_id, item_id)
+
+
+def _eval_run_body(file_id: str, model: str) -> dict[str, object]:
+    return {
+        "data_source": {
+            "type": "completions",
+            "source": {"type": "file_id", "id": file_id},
+            "input_messages": {
+                "type": "template",
+                "template": [{"role": "user", "content": "{{ item.q }}"}],
+            },
+            "model": model,
+        }
+    }
+
+
+def assert_eval_hidden(w: World, e: AEval, response: httpx.Response, requested: str) -> None:
+    assert_hidden(w, response, requested)
+    for secret in e.ids:
+        if secret not in requested:
+            assert secret not in response.text
+
+
+def assert_eval_intact(w: World, e: AEval) -> None:
+    run = w.a.get(f"/v1/evals/{e.eval_id}/runs/{e.run_id}")
+    assert run.status_code == 200 and run.json()["status"] == "queued"
+    item = w.a.get(f"/v1/evals/{e.eval_id}/runs/{e.run_id}/output_items/{e.item_id}")
+    assert item.status_code == 200
+
+
+def case_evals_create(w: World) -> None:
+    """A's model as a grader's judge is answered exactly as a model that never existed."""
+
+    def create(judge_model: str) -> httpx.Response:
+        judge = {
+            "type": "score_model", "name": "j", "model": judge_model,
+            "input": [{"role": "user", "content": "{{ sample.output_text }}"}],
+        }  # fmt: skip
+        return w.b.post(
+            "/v1/evals",
+            json={
+                "name": "b",
+                "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
+                "testing_criteria": [judge],
+            },
+        )
+
+    foreign, bogus = create(w.a_model), create(f"ft:{TINY}:nobody:iso:abcdefgh")
+    assert foreign.status_code == bogus.status_code == 400, foreign.text
+    assert foreign.json()["error"]["param"] == bogus.json()["error"]["param"]
+    assert foreign.json()["error"]["code"] == bogus.json()["error"]["code"]
+
+
+def case_evals_list(w: World) -> None:
+    e = a_eval(w)
+    listed = w.b.get("/v1/evals")
+    assert listed.status_code == 200 and e.eval_id not in listed.text
+    assert "secret-eval" not in listed.text
+
+
+def case_evals_retrieve(w: World) -> None:
+    e = a_eval(w)
+    assert_eval_hidden(w, e, w.b.get(f"/v1/evals/{e.eval_id}"), e.eval_id)
+
+
+def case_evals_update(w: World) -> None:
+    e = a_eval(w)
+    response = w.b.post(f"/v1/evals/{e.eval_id}", json={"name": "taken"})
+    assert_eval_hidden(w, e, response, e.eval_id)
+    assert w.a.get(f"/v1/evals/{e.eval_id}").json()["name"] == "secret-eval"
+
+
+def case_evals_delete(w: World) -> None:
+    e = a_eval(w)
+    assert_eval_hidden(w, e, w.b.delete(f"/v1/evals/{e.eval_id}"), e.eval_id)
+    assert_eval_intact(w, e)
+
+
+def case_eval_runs_create(w: World) -> None:
+    e = a_eval(w)
+    response = w.b.post(f"/v1/evals/{e.eval_id}/runs", json=_eval_run_body(w.b_file, TINY))
+    assert_eval_hidden(w, e, response, e.eval_id)
+
+
+def case_eval_runs_list(w: World) -> None:
+    e = a_eval(w)
+    assert_eval_hidden(w, e, w.b.get(f"/v1/evals/{e.eval_id}/runs"), e.eval_id)
+
+
+def case_eval_runs_retrieve(w: World) -> None:
+    e = a_eval(w)
+    path = f"/v1/evals/{e.eval_id}/runs/{e.run_id}"
+    assert_eval_hidden(w, e, w.b.get(path), path)
+
+
+def case_eval_runs_cancel(w: World) -> None:
+    e = a_eval(w)
+    for path in (
+        f"/v1/evals/{e.eval_id}/runs/{e.run_id}",
+        f"/v1/evals/{e.eval_id}/runs/{e.run_id}/cancel",
+    ):
+        assert_eval_hidden(w, e, w.b.post(path), path)
+    assert_eval_intact(w, e)
+
+
+def case_eval_runs_delete(w: World) -> None:
+    e = a_eval(w)
+    path = f"/v1/evals/{e.eval_id}/runs/{e.run_id}"
+    assert_eval_hidden(w, e, w.b.delete(path), path)
+    assert_eval_intact(w, e)
+
+
+def case_eval_output_items_list(w: World) -> None:
+    e = a_eval(w)
+    path = f"/v1/evals/{e.eval_id}/runs/{e.run_id}/output_items"
+    assert_eval_hidden(w, e, w.b.get(path), path)
+
+
+def case_eval_output_items_retrieve(w: World) -> None:
+    e = a_eval(w)
+    path = f"/v1/evals/{e.eval_id}/runs/{e.run_id}/output_items/{e.item_id}"
+    assert_eval_hidden(w, e, w.b.get(path), path)
+
+
 CASES: dict[tuple[str, str], Callable[[World], None]] = {
     ("POST", "/v1/files"): case_files_create,
     ("GET", "/v1/files"): case_files_list,
@@ -344,6 +524,21 @@ CASES: dict[tuple[str, str], Callable[[World], None]] = {
     ("DELETE", "/v1/models/{model}"): case_models_delete,
     ("POST", "/v1/chat/completions"): case_chat,
     ("POST", "/v1/completions"): case_completions,
+    ("POST", "/v1/evals"): case_evals_create,
+    ("GET", "/v1/evals"): case_evals_list,
+    ("GET", "/v1/evals/{eval_id}"): case_evals_retrieve,
+    ("POST", "/v1/evals/{eval_id}"): case_evals_update,
+    ("DELETE", "/v1/evals/{eval_id}"): case_evals_delete,
+    ("POST", "/v1/evals/{eval_id}/runs"): case_eval_runs_create,
+    ("GET", "/v1/evals/{eval_id}/runs"): case_eval_runs_list,
+    ("GET", "/v1/evals/{eval_id}/runs/{run_id}"): case_eval_runs_retrieve,
+    ("POST", "/v1/evals/{eval_id}/runs/{run_id}"): case_eval_runs_cancel,
+    ("POST", "/v1/evals/{eval_id}/runs/{run_id}/cancel"): case_eval_runs_cancel,
+    ("DELETE", "/v1/evals/{eval_id}/runs/{run_id}"): case_eval_runs_delete,
+    ("GET", "/v1/evals/{eval_id}/runs/{run_id}/output_items"): case_eval_output_items_list,
+    ("GET", "/v1/evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}"): (
+        case_eval_output_items_retrieve
+    ),
 }
 
 
