@@ -35,6 +35,7 @@ from app.evals.repository import (
 )
 from app.evals.schemas import CreateEvalRequest, CreateEvalRunRequest, UpdateEvalRequest
 from app.files.repository import FileRepository
+from app.files.service import usable_file
 from app.files.storage import LocalStorage
 from app.ids import new_id
 from app.metadata import check_metadata
@@ -301,20 +302,9 @@ class EvalService:
     ) -> builtins.list[tuple[int, dict[str, Any]]]:
         """(line number, item) for each non-blank line of the project's `evals` file."""
         param = "data_source.source.id"
-        row = self.files.get(project.id, file_id, now=utcnow())
-        if row is None:
-            raise InvalidRequest(
-                f"Invalid {param}: {file_id}. The file does not exist.",
-                param=param,
-                code="file_not_found",
-            )
-        if row.purpose != EVALS_PURPOSE:
-            raise InvalidRequest(
-                f"Invalid {param}: {file_id}. The file has purpose '{row.purpose}', but files "
-                f"for evals must be uploaded with purpose '{EVALS_PURPOSE}'.",
-                param=param,
-                code="invalid_file_purpose",
-            )
+        row = usable_file(
+            self.files, project.id, file_id, param=param, purpose=EVALS_PURPOSE, use="evals"
+        )
         try:
             raw = self.storage.path(row.storage_key).read_bytes()
         except OSError:

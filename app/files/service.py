@@ -202,6 +202,35 @@ class FileService:
         return row, self.storage.path(row.storage_key)
 
 
+def usable_file(
+    files: FileRepository, project_id: str, file_id: str, *, param: str, purpose: str, use: str
+) -> File:
+    """A processed file of the project, uploaded with ``purpose``, for ``use`` ("fine-tuning",
+    "evals"); else a 400 naming ``param``. Another project's file is as absent as one that never
+    existed: it is looked up with this project's id."""
+    row = files.get(project_id, file_id, now=utcnow())
+    if row is None:
+        raise InvalidRequest(
+            f"Invalid {param}: {file_id}. The file does not exist.",
+            param=param,
+            code="file_not_found",
+        )
+    if row.purpose != purpose:
+        raise InvalidRequest(
+            f"Invalid {param}: {file_id}. The file has purpose '{row.purpose}', but files "
+            f"for {use} must be uploaded with purpose '{purpose}'.",
+            param=param,
+            code="invalid_file_purpose",
+        )
+    if row.status != "processed":
+        raise InvalidRequest(
+            f"Invalid {param}: {file_id}. The file is not ready (status '{row.status}').",
+            param=param,
+            code="file_not_ready",
+        )
+    return row
+
+
 def _clean_filename(name: str) -> str:
     """Keep only the last path segment: the name is shown back, never used as a path."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "").strip()

@@ -22,6 +22,7 @@ from app.config import Settings
 from app.db import send_after_commit
 from app.errors import InvalidRequest, NotFound, RateLimited
 from app.files.repository import FileRepository
+from app.files.service import usable_file
 from app.fine_tuning import hyperparameters as hp
 from app.fine_tuning.lifecycle import JobLifecycle
 from app.fine_tuning.queue import JobQueue
@@ -234,28 +235,14 @@ class FineTuningService:
             )
 
     def _check_file(self, project: Project, file_id: str, param: str, method: str) -> None:
-        # Another project's file is looked up with this project's id, so it is exactly as
-        # absent as a file that never existed.
-        row = self.files.get(project.id, file_id, now=utcnow())
-        if row is None:
-            raise InvalidRequest(
-                f"Invalid {param}: {file_id}. The file does not exist.",
-                param=param,
-                code="file_not_found",
-            )
-        if row.purpose != FINE_TUNE_PURPOSE:
-            raise InvalidRequest(
-                f"Invalid {param}: {file_id}. The file has purpose '{row.purpose}', but files "
-                f"for fine-tuning must be uploaded with purpose '{FINE_TUNE_PURPOSE}'.",
-                param=param,
-                code="invalid_file_purpose",
-            )
-        if row.status != "processed":
-            raise InvalidRequest(
-                f"Invalid {param}: {file_id}. The file is not ready (status '{row.status}').",
-                param=param,
-                code="file_not_ready",
-            )
+        row = usable_file(
+            self.files,
+            project.id,
+            file_id,
+            param=param,
+            purpose=FINE_TUNE_PURPOSE,
+            use="fine-tuning",
+        )
         trained = METHOD_FORMATS[method]
         if row.data_format is not None and row.data_format not in trained:
             formats = " or ".join(sorted(trained))
