@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.app.evals.conftest import run_queue  # noqa: F401 (fixture: runs no worker executes)
 from tests.conftest import IN_CI
 
 CHROMIUM = os.environ.get("TUNA_TEST_CHROMIUM", "/usr/bin/chromium")

@@ -9,30 +9,22 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import openai
-import pytest
 
 from app.evals.repository import EvalRepository
 from tests.app.client_cli.jobs_data import TINY, add_fine_tuned_model
-from tests.app.evals.conftest import CONTENT, RecordingQueue, completions, create_eval, items_jsonl
+from tests.app.evals.conftest import (
+    CONTENT,
+    RecordingQueue,
+    completions,
+    create_eval,
+    items_jsonl,
+)
 from tests.app.evals.test_evals_api import SAMPLE
 from tests.conftest import LiveServer
 from tuna_core.evals import expected_answer_criteria
-
-
-@pytest.fixture
-def run_queue(server: LiveServer) -> Iterator[RecordingQueue]:
-    """No worker picks these runs up: the test writes what a finished run leaves."""
-    real = server.app.state.job_queue
-    queue = RecordingQueue(server.app.state.db)
-    server.app.state.job_queue = queue
-    try:
-        yield queue
-    finally:
-        server.app.state.job_queue = real
 
 
 def _sign_in(page: Any, api_key: str) -> None:
