@@ -57,11 +57,22 @@ class Settings(BaseSettings):
         description="Matmul precision of training steps over float32 weights; auto: bf16 "
         "where the GPU or CPU multiplies bf16 natively, float32 elsewhere",
     )
+    job_eval_max_items: int = Field(
+        default=100,
+        ge=1,
+        description="Validation examples a succeeded job's automatic comparison (base vs "
+        "checkpoints vs final) evaluates at most; a job's auto_eval.max_items may ask for fewer",
+    )
     # Quotas (see docs/reliability.md); None or 0 means unlimited, the default.
     max_running_jobs_per_project: int | None = Field(
         default=None,
         description="Jobs a project may have in validating_files/queued/running at once; "
         "creating one more answers 429 (code quota_exceeded)",
+    )
+    max_active_eval_runs_per_project: int | None = Field(
+        default=None,
+        description="Eval runs a project may have queued or in progress at once; creating one "
+        "more answers 429 (code quota_exceeded). A job's automatic comparison is not counted",
     )
     max_storage_bytes_per_project: int | None = Field(
         default=None,

@@ -33,6 +33,7 @@ from sqlalchemy import func
 from app.config import Settings
 from app.db import Database
 from app.errors import APIError, RateLimited
+from app.evals import job_comparison
 from app.evals.repository import (
     COMPLETED,
     FAILED,
@@ -55,6 +56,7 @@ from tuna_core.evals import (
     build_sample,
     grade,
     item_status,
+    referenced_messages,
     render_messages,
     summarize,
 )
@@ -88,7 +90,7 @@ class RunPlan:
     eval_id: str
     model: str
     target: ModelTarget
-    template: list[Any]
+    input_messages: dict[str, Any]  # as stored: a template or an item_reference
     sampling: dict[str, Any]
     criteria: list[dict[str, Any]]
     items: list[dict[str, Any]]
@@ -213,13 +215,12 @@ class EvalRunner:
                         )
             source = run.data_source
             items = self._items(session, run.project_id, source.get("source") or {})
-            template = list((source.get("input_messages") or {}).get("template") or [])
             return RunPlan(
                 run_id=run.id,
                 eval_id=run.eval_id,
                 model=run.model,
                 target=target,
-                template=template,
+                input_messages=dict(source.get("input_messages") or {}),
                 sampling=dict(source.get("sampling_params") or {}),
                 criteria=[dict(c) for c in row.testing_criteria],
                 items=items,
@@ -295,7 +296,7 @@ class EvalRunner:
         async def one(index: int, item: dict[str, Any]) -> Outcome:
             async with gate:
                 try:
-                    messages = check_request_messages(render_messages(plan.template, item))
+                    messages = check_request_messages(prompt_messages(plan.input_messages, item))
                 except (TemplateError, ExampleError) as exc:
                     return Outcome(index, item, _error_sample(plan, params, [], str(exc)), None)
                 try:
@@ -373,11 +374,13 @@ class EvalRunner:
                 finished_at=utcnow(),
                 lease_expires_at=None,
             )
+            job_comparison.report_if_finished(session, plan.eval_id)
 
     def _fail(self, run_id: str, code: str, message: str) -> None:
         logger.warning("eval run %s failed: %s", run_id, message)
         with self.db.session_scope() as session:
-            EvalRepository(session).move_run(
+            evals = EvalRepository(session)
+            if evals.move_run(
                 run_id,
                 FAILED,
                 only_from={IN_PROGRESS},
@@ -385,10 +388,20 @@ class EvalRunner:
                 error_message=message,
                 finished_at=utcnow(),
                 lease_expires_at=None,
-            )
+            ):
+                run = evals.reload_run(run_id)
+                if run is not None:
+                    job_comparison.report_if_finished(session, run.eval_id)
 
 
 # -- plain helpers ----------------------------------------------------------------------------
+
+
+def prompt_messages(input_messages: dict[str, Any], item: dict[str, Any]) -> list[dict[str, str]]:
+    """One item's prompt: its run's template rendered, or the messages its reference names."""
+    if input_messages.get("type") == "item_reference":
+        return referenced_messages(str(input_messages.get("item_reference")), item)
+    return render_messages(list(input_messages.get("template") or []), item)
 
 
 def _sampling(given: dict[str, Any], context_length: int) -> SamplingParams:

@@ -16,6 +16,7 @@ from typing import Any
 
 from app.config import Settings
 from app.db import Database
+from app.evals.queue import EvalRunQueue
 from app.files.repository import FileRepository
 from app.files.service import FileService
 from app.files.storage import LocalStorage
@@ -28,7 +29,7 @@ from tuna_core.base_models import get_base_model_info
 from tuna_core.dataset import METHOD_FORMATS, MIN_TRAINING_EXAMPLES
 from tuna_core.hyperparameters import engine_arguments
 from tuna_core.model_ids import fine_tuned_model_id
-from worker import results
+from worker import job_comparison, results
 from worker.heartbeat import Heartbeat
 from worker.job_callbacks import JobCallbacks, JobPlan
 
@@ -52,12 +53,19 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 class JobRunner:
     def __init__(
-        self, *, settings: Settings, database: Database, storage: LocalStorage, worker_id: str
+        self,
+        *,
+        settings: Settings,
+        database: Database,
+        storage: LocalStorage,
+        worker_id: str,
+        eval_queue: EvalRunQueue,
     ) -> None:
         self.settings = settings
         self.db = database
         self.storage = storage
         self.worker_id = worker_id
+        self.eval_queue = eval_queue  # where a succeeded job's comparison runs are sent
         self.lease = timedelta(seconds=settings.job_lease_seconds)
 
     def run(self, job_id: str) -> None:
@@ -274,6 +282,17 @@ class JobRunner:
             ):
                 # Cancelled in the last instant: the cancel wins, nothing is published.
                 session.rollback()
+                return
+            jobs.refresh_job(job)
+            job_comparison.start(
+                session,
+                self.settings,
+                self.storage,
+                self.eval_queue,
+                job,
+                final_step=int(result.total_steps),
+                final_metrics=dict(result.metrics),
+            )
 
     def _fail(self, job_id: str, exc: BaseException) -> None:
         logger.exception("job %s failed", job_id, exc_info=exc)

@@ -38,6 +38,7 @@ def _runner() -> JobRunner:
         database=Database(settings.resolved_database_url),
         storage=LocalStorage(settings.resolved_storage_dir),
         worker_id=f"{socket.gethostname()}:{os.getpid()}",
+        eval_queue=CeleryJobQueue(settings, celery_app),
     )
 
 

@@ -151,6 +151,36 @@ class EvalRepository:
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
 
+    def count_active_runs(self, project_id: str) -> int:
+        """The project's runs that are queued or in progress (the active-run quota counts them)."""
+        return int(
+            self.session.scalar(
+                select(func.count())
+                .select_from(EvalRun)
+                .where(
+                    EvalRun.project_id == project_id,
+                    EvalRun.status.in_(sorted(ACTIVE_RUN_STATUSES)),
+                )
+            )
+            or 0
+        )
+
+    def runs_of_evals(self, eval_ids: Iterable[str]) -> dict[str, list[EvalRun]]:
+        """Each eval's runs, oldest first, in one query (a page of jobs shows their comparisons)."""
+        wanted = sorted(set(eval_ids))
+        found: dict[str, list[EvalRun]] = {eval_id: [] for eval_id in wanted}
+        if not wanted:
+            return found
+        stmt = (
+            select(EvalRun)
+            .where(EvalRun.eval_id.in_(wanted))
+            .order_by(EvalRun.created_at, EvalRun.id)
+            .execution_options(populate_existing=True)  # statuses move by UPDATEs
+        )
+        for run in self.session.scalars(stmt):
+            found[run.eval_id].append(run)
+        return found
+
     def mark_enqueued(self, run_id: str, at: datetime) -> bool:
         """Record that the run's message was sent (the API marks after its send)."""
         result = self.session.execute(

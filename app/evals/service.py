@@ -23,7 +23,8 @@ from app.catalog.base_models import find_offered_base_model
 from app.catalog.repository import ModelRepository
 from app.config import Settings
 from app.db import send_after_commit
-from app.errors import InvalidRequest, NotFound
+from app.errors import InvalidRequest, NotFound, RateLimited
+from app.evals import job_comparison
 from app.evals.queue import EvalRunQueue
 from app.evals.repository import (
     ACTIVE_RUN_STATUSES,
@@ -42,7 +43,13 @@ from app.metadata import check_metadata
 from app.orm import Eval, EvalOutputItem, EvalRun, Project
 from app.orm.base import utcnow
 from app.pagination import Order, Page
-from tuna_core.evals import GraderConfigError, check_criterion, check_messages
+from app.quotas import hold_project
+from tuna_core.evals import (
+    GraderConfigError,
+    check_criterion,
+    check_item_reference,
+    check_messages,
+)
 from tuna_core.model_ids import is_fine_tuned_model_id
 
 logger = logging.getLogger("tuna.evals")
@@ -184,7 +191,16 @@ class EvalService:
 
     # Runs ---------------------------------------------------------------------------------
 
-    def create_run(self, project: Project, eval_id: str, request: CreateEvalRunRequest) -> EvalRun:
+    def create_run(
+        self,
+        project: Project,
+        eval_id: str,
+        request: CreateEvalRunRequest,
+        *,
+        counted: bool = True,
+    ) -> EvalRun:
+        """A queued run. ``counted=False`` is for the server's own runs (a job's comparison),
+        which the project's active-run quota does not limit."""
         row = self.get(project, eval_id)
         name = _name(request.name, "name")
         metadata = check_metadata(request.metadata)
@@ -203,13 +219,15 @@ class EvalService:
             "data_source",
         )
         model = self._run_model(project, source.get("model"))
-        template = _input_messages(source.get("input_messages"))
+        input_messages = _input_messages(source.get("input_messages"))
         sampling = _sampling_params(source.get("sampling_params"))
         checked_source, count = self._source(project, source.get("source"), _item_validator(row))
+        if counted:
+            self._check_active_runs_quota(project)
         data_source: dict[str, Any] = {
             "type": "completions",
             "source": checked_source,
-            "input_messages": {"type": "template", "template": template},
+            "input_messages": input_messages,
             "model": model,
             "sampling_params": sampling,
         }
@@ -233,6 +251,19 @@ class EvalService:
         )
         self._enqueue_after_commit(run.id)
         return run
+
+    def _check_active_runs_quota(self, project: Project) -> None:
+        limit = self.settings.max_active_eval_runs_per_project
+        if not limit:
+            return
+        hold_project(self.session, project.id)  # racing creates count one after the other
+        active = self.evals.count_active_runs(project.id)
+        if active >= limit:
+            raise RateLimited(
+                f"This project already has {active} eval runs queued or in progress (the "
+                f"limit is {limit}). Wait for one to finish or cancel one.",
+                code="quota_exceeded",
+            )
 
     def _run_model(self, project: Project, model: Any) -> str:
         if not isinstance(model, str) or not model:
@@ -389,6 +420,9 @@ class EvalService:
         )
         reloaded = self.evals.reload_run(run.id)
         assert reloaded is not None
+        if moved:
+            # A job's comparison reports when its last run ends, a canceled one included.
+            job_comparison.report_if_finished(self.session, run.eval_id)
         if not moved:
             raise InvalidRequest(
                 f"Cannot cancel eval run {run.id}: its status is '{reloaded.status}'.",
@@ -521,14 +555,24 @@ def _check_item(validator: Any, item: Any, prefix: str, param: str) -> None:
         )
 
 
-def _input_messages(value: Any) -> list[Any]:
+def _input_messages(value: Any) -> dict[str, Any]:
+    """The run's `input_messages` as stored: a template, or a reference to each item's own."""
     param = "data_source.input_messages"
     if not isinstance(value, dict):
         raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
-    if value.get("type") != "template":
+    kind = value.get("type")
+    if kind == "item_reference":
+        _only_keys(value, {"type", "item_reference"}, param)
+        reference = value.get("item_reference")
+        try:
+            check_item_reference(reference, f"{param}.item_reference")
+        except GraderConfigError as exc:
+            raise _config_error(exc) from None
+        return {"type": "item_reference", "item_reference": str(reference).strip()}
+    if kind != "template":
         raise InvalidRequest(
-            f"Invalid value for '{param}.type': {json.dumps(value.get('type'))}. Only "
-            "'template' is supported by this server.",
+            f"Invalid value for '{param}.type': {json.dumps(kind)}. Expected 'template' or "
+            "'item_reference'.",
             param=f"{param}.type",
         )
     _only_keys(value, {"type", "template"}, param)
@@ -538,7 +582,7 @@ def _input_messages(value: Any) -> list[Any]:
     except GraderConfigError as exc:
         raise _config_error(exc) from None
     assert isinstance(template, list)
-    return template
+    return {"type": "template", "template": template}
 
 
 def _sampling_params(value: Any) -> dict[str, Any]:

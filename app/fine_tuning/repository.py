@@ -262,6 +262,16 @@ class FineTuningRepository:
             limit=limit,
         )
 
+    def checkpoints_of(self, job_id: str) -> list[FineTuningCheckpoint]:
+        """Every checkpoint the job still keeps, lowest step first."""
+        return list(
+            self.session.scalars(
+                select(FineTuningCheckpoint)
+                .where(FineTuningCheckpoint.job_id == job_id)
+                .order_by(FineTuningCheckpoint.step_number)
+            )
+        )
+
     def record_checkpoint(
         self,
         job: FineTuningJob,

@@ -7,12 +7,14 @@ names the exact `param` of a bad one, which pydantic's union error locations can
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from app.evals import job_comparison
 from app.fine_tuning import hyperparameters as hp
-from app.orm import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
+from app.orm import EvalRun, FineTuningCheckpoint, FineTuningEvent, FineTuningJob
 from app.orm.base import unix
 from app.wire import OmitWhenNone
 from tuna_core.hyperparameters import STANDARD_KEYS, TrainingType
@@ -38,6 +40,13 @@ class CreateFineTuningJobRequest(BaseModel):
     hyperparameters: dict[str, Any] | None = None
     integrations: list[Any] | None = None
     metadata: dict[str, Any] | None = None
+    # Checked by `service.auto_eval_setting`.
+    auto_eval: bool | dict[str, Any] | None = Field(
+        default=None,
+        description="Tuna: compare the starting model, checkpoints and final model on the "
+        "validation set when the job succeeds (default: on with a validation_file); false, or "
+        '{"enabled": bool, "max_items": int}',
+    )
 
 
 class JobError(BaseModel):
@@ -92,6 +101,40 @@ class Method(OmitWhenNone):
         return cls(supervised=SupervisedMethod(hyperparameters=SupervisedHyperparameters(**values)))
 
 
+class AutoEval(BaseModel):
+    """Whether a job compares its models on its validation set when it succeeds, on how many."""
+
+    enabled: bool
+    max_items: int
+
+
+class JobEvalRow(BaseModel):
+    """One model of a job's comparison; scores are null until its run has completed."""
+
+    label: str  # "base", "step 10", "final"
+    role: Literal["base", "checkpoint", "final"]
+    model: str
+    step: int
+    run_id: str
+    status: str
+    exact_match: float | None  # share of answers equal to the expected one
+    similarity: float | None  # mean fuzzy-match score against the expected answer, 0..1
+    valid_loss: float | None
+    errored: int | None  # items the model could not answer (prompt too long, ...)
+    best: bool
+
+
+class JobEval(BaseModel):
+    """Tuna's extension on a succeeded job: its models side by side (`app.evals.job_comparison`);
+    the eval itself is `GET /v1/evals/{id}`."""
+
+    id: str
+    status: str
+    items: int
+    best_model: str | None
+    rows: list[JobEvalRow]
+
+
 class FineTuningJobObject(BaseModel):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -115,9 +158,21 @@ class FineTuningJobObject(BaseModel):
     integrations: list[Any] | None
     metadata: dict[str, str] | None
     user_provided_suffix: str | None
+    # Tuna's extensions.
+    auto_eval: AutoEval | None = Field(
+        default=None, description="Tuna: whether the job compares its models when it succeeds"
+    )
+    eval: JobEval | None = Field(
+        default=None,
+        description="Tuna: the comparison table (base, checkpoints, final) once the job has "
+        "succeeded with a validation file; null otherwise",
+    )
 
     @classmethod
-    def of(cls, job: FineTuningJob, organization_id: str) -> FineTuningJobObject:
+    def of(
+        cls, job: FineTuningJob, organization_id: str, eval_runs: Sequence[EvalRun] = ()
+    ) -> FineTuningJobObject:
+        """``eval_runs``: the runs of the job's comparison eval, if it has one."""
         values = hp.shown(job.hyperparameters, job.resolved_hyperparameters, job.method_type)
         error = None
         if job.error_code or job.error_message:
@@ -142,7 +197,16 @@ class FineTuningJobObject(BaseModel):
             integrations=job.integrations,
             metadata=job.metadata_,
             user_provided_suffix=job.suffix,
+            auto_eval=AutoEval(**job.auto_eval) if job.auto_eval else None,
+            eval=_job_eval(job, eval_runs),
         )
+
+
+def _job_eval(job: FineTuningJob, runs: Sequence[EvalRun]) -> JobEval | None:
+    if job.eval_id is None:
+        return None
+    shown = job_comparison.table(job.eval_id, runs)
+    return JobEval.model_validate(shown) if shown is not None else None
 
 
 class FineTuningJobList(BaseModel):

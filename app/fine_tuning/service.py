@@ -7,6 +7,7 @@ that names the status it found.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import secrets
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,7 @@ from app.catalog.repository import ModelRepository
 from app.config import Settings
 from app.db import send_after_commit
 from app.errors import InvalidRequest, NotFound, RateLimited
+from app.evals.repository import EvalRepository
 from app.files.repository import FileRepository
 from app.files.service import usable_file
 from app.fine_tuning import hyperparameters as hp
@@ -31,7 +33,14 @@ from app.fine_tuning.schemas import CreateFineTuningJobRequest
 from app.fine_tuning.state import ACTIVE, JobStatus
 from app.ids import new_id
 from app.metadata import check_metadata
-from app.orm import FineTunedModel, FineTuningCheckpoint, FineTuningEvent, FineTuningJob, Project
+from app.orm import (
+    EvalRun,
+    FineTunedModel,
+    FineTuningCheckpoint,
+    FineTuningEvent,
+    FineTuningJob,
+    Project,
+)
 from app.orm.base import utcnow
 from app.pagination import Page
 from app.quotas import hold_project
@@ -93,6 +102,9 @@ class FineTuningService:
         self._check_running_quota(project)
         if request.validation_file is not None:
             self._check_file(project, request.validation_file, "validation_file", checked.method)
+        auto_eval = auto_eval_setting(
+            request.auto_eval, request.validation_file, self.settings.job_eval_max_items
+        )
 
         job = self.jobs.add_job(
             FineTuningJob(
@@ -112,6 +124,7 @@ class FineTuningService:
                 result_files=[],
                 metadata_=checked.metadata,
                 integrations=checked.integrations,
+                auto_eval=auto_eval,
                 created_at=utcnow(),
             )
         )
@@ -288,6 +301,12 @@ class FineTuningService:
             limit=limit,
         )
 
+    def comparison_runs(self, jobs: Iterable[FineTuningJob]) -> dict[str, builtins.list[EvalRun]]:
+        """The runs of each job's comparison eval (`job.eval_id`), in one query."""
+        return EvalRepository(self.session).runs_of_evals(
+            job.eval_id for job in jobs if job.eval_id is not None
+        )
+
     def list_events(
         self, project: Project, job_id: str, *, after: str | None, limit: int
     ) -> Page[FineTuningEvent]:
@@ -328,6 +347,46 @@ class FineTuningService:
         self.lifecycle.resume(job)
         self._enqueue_after_commit(job.id)
         return job
+
+
+def auto_eval_setting(given: Any, validation_file: str | None, most: int) -> dict[str, Any]:
+    """A job's `auto_eval` as stored: ``{"enabled", "max_items"}``.
+
+    On by default when the job has a validation file (there is nothing to compare on without
+    one); ``false`` or ``{"enabled": false}`` opts out; ``max_items`` caps the examples
+    evaluated, at most the server's ``TUNA_JOB_EVAL_MAX_ITEMS``.
+    """
+    param = "auto_eval"
+    enabled, max_items = True, most
+    if isinstance(given, bool):
+        enabled = given
+    elif isinstance(given, dict):
+        _no_unknown_keys(given, {"enabled", "max_items"}, param)
+        enabled = given.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise InvalidRequest(
+                f"Invalid type for '{param}.enabled': expected a boolean.", param=f"{param}.enabled"
+            )
+        count = given.get("max_items", most)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= most:
+            raise InvalidRequest(
+                f"Invalid value for '{param}.max_items': expected an integer from 1 to {most}.",
+                param=f"{param}.max_items",
+            )
+        max_items = count
+    elif given is not None:
+        raise InvalidRequest(
+            f"Invalid type for '{param}': expected a boolean or an object with 'enabled' and "
+            "'max_items'.",
+            param=param,
+        )
+    if given is not None and enabled and validation_file is None:
+        raise InvalidRequest(
+            f"Invalid '{param}': the automatic evaluation runs on the validation set, and this "
+            "job has no validation_file.",
+            param=param,
+        )
+    return {"enabled": enabled and validation_file is not None, "max_items": max_items}
 
 
 def validate_create(request: CreateFineTuningJobRequest) -> ValidatedJob:

@@ -59,6 +59,13 @@ class FineTuningJob(Base):
     # reconciler sends what is missing, so a crash between commit and send loses nothing.
     enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
     resume_step: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The comparison run when the job succeeds (`app.evals.job_comparison`): `auto_eval` as
+    # decided at creation ({"enabled", "max_items"}; None on rows older than it), the eval it
+    # made (None until then, or when there was nothing to compare), and when its table was
+    # written as an event (once, by whichever run ended last).
+    auto_eval: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    eval_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
+    eval_reported_at: Mapped[datetime | None] = mapped_column(default=None)
 
     @property
     def trained_base_model(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -15,14 +16,17 @@ from tuna_core.evals import (
     TemplateError,
     build_sample,
     check_criterion,
+    check_item_reference,
     check_messages,
     grade,
     graders,
     item_status,
+    referenced_messages,
     render,
     render_messages,
     result_type,
     summarize,
+    validation_item,
 )
 
 PARAM = "testing_criteria[1]"
@@ -644,13 +648,112 @@ def test_summarize_counts_items_and_criteria() -> None:
     assert summarize(["exact-1", "close-2"], items) == {
         "result_counts": {"total": 5, "errored": 2, "failed": 2, "passed": 1},
         "per_testing_criteria_results": [
-            {"testing_criteria": "exact-1", "passed": 2, "failed": 2},
-            {"testing_criteria": "close-2", "passed": 1, "failed": 2},
+            {"testing_criteria": "exact-1", "passed": 2, "failed": 2, "average_score": 0.5},
+            # The errored grade is left out of the mean, as it is of the counts.
+            {"testing_criteria": "close-2", "passed": 1, "failed": 2, "average_score": 1 / 3},
         ],
     }
     assert summarize(["a"], []) == {
         "result_counts": {"total": 0, "errored": 0, "failed": 0, "passed": 0},
-        "per_testing_criteria_results": [{"testing_criteria": "a", "passed": 0, "failed": 0}],
+        "per_testing_criteria_results": [
+            {"testing_criteria": "a", "passed": 0, "failed": 0, "average_score": None}
+        ],
     }
     with pytest.raises(ValueError):
         summarize(["a"], [[verdict(True), verdict(True)]])
+
+
+# --- item_reference input messages -----------------------------------------------------------
+
+
+def test_referenced_messages_takes_the_items_conversation_as_it_is() -> None:
+    item = {
+        "input": [
+            {"role": "system", "content": "Be brief {{ item.x }}"},
+            {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        ]
+    }
+    # Not rendered: the data is the prompt, braces included.
+    assert referenced_messages("item.input", item) == [
+        {"role": "system", "content": "Be brief {{ item.x }}"},
+        {"role": "user", "content": "hi"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [
+        ({}, "has no field 'input'"),
+        ({"input": []}, "non-empty list of messages"),
+        ({"input": "hello"}, "non-empty list of messages"),
+        ({"input": [{"role": "robot", "content": "x"}]}, "item.input[0]"),
+        ({"input": [{"role": "user", "content": {"type": "image"}}]}, "expected text content"),
+    ],
+)
+def test_referenced_messages_names_what_is_wrong(item: dict[str, Any], words: str) -> None:
+    with pytest.raises(TemplateError, match=re.escape(words)):
+        referenced_messages("item.input", item)
+
+
+def test_check_item_reference() -> None:
+    check_item_reference("item.input", "p")
+    check_item_reference("item.turns[0].messages", "p")
+    for bad in ("sample.output_text", "input", "", 3, "item."):
+        with pytest.raises(GraderConfigError) as caught:
+            check_item_reference(bad, "data_source.input_messages.item_reference")
+        assert caught.value.param == "data_source.input_messages.item_reference"
+
+
+# --- fine-tuning examples as comparison items ------------------------------------------------
+
+
+def test_validation_item_of_a_chat_example() -> None:
+    example = {
+        "messages": [
+            {"role": "system", "content": "Translate."},
+            {"role": "user", "content": "chat"},
+            {"role": "assistant", "content": "cat", "weight": 1},
+        ]
+    }
+    assert validation_item(example) == {
+        "input": [
+            {"role": "system", "content": "Translate."},
+            {"role": "user", "content": "chat"},
+        ],
+        "expected": "cat",
+    }
+
+
+def test_validation_item_of_a_preference_example() -> None:
+    example = {
+        "input": {"messages": [{"role": "user", "content": "Say hi"}]},
+        "preferred_output": [{"role": "assistant", "content": "Hi!"}],
+        "non_preferred_output": [{"role": "assistant", "content": "No."}],
+    }
+    assert validation_item(example) == {
+        "input": [{"role": "user", "content": "Say hi"}],
+        "expected": "Hi!",
+    }
+
+
+@pytest.mark.parametrize(
+    "example",
+    [
+        {"prompt": "a", "completion": "b"},  # not a chat conversation
+        {"messages": [{"role": "user", "content": "a"}]},  # no answer
+        {"messages": [{"role": "assistant", "content": "b"}]},  # no prompt
+        {
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "1", "type": "function", "function": {"name": "f"}},
+                    ],
+                },
+            ]
+        },  # a tool call is no text answer
+    ],
+)
+def test_examples_without_a_text_answer_have_no_item(example: dict[str, Any]) -> None:
+    assert validation_item(example) is None

@@ -120,10 +120,14 @@ def test_a_run_answers_grades_and_totals_every_item(
     done = wait_for_run(client, evaluation.id, run.id)
     assert done.status == "completed", done.error
     assert done.result_counts.to_dict() == {"total": 4, "errored": 1, "failed": 0, "passed": 3}
-    assert [r.to_dict() for r in done.per_testing_criteria_results] == [
+    per_criterion = [r.to_dict() for r in done.per_testing_criteria_results]
+    assert [{k: r[k] for k in ("testing_criteria", "passed", "failed")} for r in per_criterion] == [
         {"testing_criteria": "not verbatim", "passed": 3, "failed": 0},
         {"testing_criteria": "similar", "passed": 3, "failed": 0},
     ]
+    # Tuna's extension: the mean score of the verdicts (a passed string check scores 1).
+    assert per_criterion[0]["average_score"] == 1.0
+    assert 0.0 <= per_criterion[1]["average_score"] <= 1.0
     (usage,) = done.per_model_usage
     assert (usage.model_name, usage.invocation_count, usage.cached_tokens) == (MODEL, 3, 0)
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens > 0

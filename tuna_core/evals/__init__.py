@@ -8,7 +8,9 @@
 * `grade(criterion, item, sample, judge=None)` grades one sample -> `GradeResult` (its
   `as_result()` is OpenAI's output-item ``results`` entry); `item_status` and `summarize` make
   an output item's ``status`` and a run's ``result_counts`` / ``per_testing_criteria_results``.
-* `expected_answer_criteria(field)`: the `exact` + `similar` criteria every preset grades with.
+* `expected_answer_criteria(field)`: the `exact` + `similar` criteria every preset grades with;
+  `validation_item(example)`: a fine-tuning example as the item a job's comparison grades.
+* `referenced_messages(reference, item)`: a run's ``item_reference`` input messages.
 
 Pure library code: no model calls (a model grader is handed a ``judge`` callable), no database.
 """
@@ -20,6 +22,7 @@ from tuna_core.evals.checks import (
     STRING_CHECK_OPERATIONS,
     GraderConfigError,
     check_criterion,
+    check_item_reference,
     check_messages,
     check_template,
     score_range,
@@ -33,12 +36,20 @@ from tuna_core.evals.graders import (
     parse_score,
     result_type,
 )
-from tuna_core.evals.presets import SIMILARITY_THRESHOLD, expected_answer_criteria
+from tuna_core.evals.presets import (
+    SIMILARITY_THRESHOLD,
+    VALIDATION_EXPECTED_FIELD,
+    VALIDATION_INPUT_REFERENCE,
+    VALIDATION_ITEM_SCHEMA,
+    expected_answer_criteria,
+    validation_item,
+)
 from tuna_core.evals.results import ItemStatus, item_status, summarize
 from tuna_core.evals.similarity import METRICS, REFUSED_METRICS, similarity_score
 from tuna_core.evals.templates import (
     TemplateError,
     build_sample,
+    referenced_messages,
     render,
     render_messages,
 )
@@ -51,6 +62,9 @@ __all__ = [
     "REFUSED_METRICS",
     "SIMILARITY_THRESHOLD",
     "STRING_CHECK_OPERATIONS",
+    "VALIDATION_EXPECTED_FIELD",
+    "VALIDATION_INPUT_REFERENCE",
+    "VALIDATION_ITEM_SCHEMA",
     "GradeResult",
     "GraderConfigError",
     "ItemStatus",
@@ -58,6 +72,7 @@ __all__ = [
     "TemplateError",
     "build_sample",
     "check_criterion",
+    "check_item_reference",
     "check_messages",
     "check_template",
     "expected_answer_criteria",
@@ -66,10 +81,12 @@ __all__ = [
     "judge_sampling",
     "parse_label",
     "parse_score",
+    "referenced_messages",
     "render",
     "render_messages",
     "result_type",
     "score_range",
     "similarity_score",
     "summarize",
+    "validation_item",
 ]

@@ -22,6 +22,7 @@ from tuna_core.evals.templates import (
     MESSAGE_ROLES,
     NAMESPACES,
     TemplateSyntaxError,
+    parse_reference,
     references,
 )
 
@@ -196,6 +197,20 @@ def check_messages(messages: Any, param: str, *, allow_sample: bool = False) -> 
                 _check_part(part, f"{where}.content[{position}]", allow_sample)
         else:
             _check_part(content, f"{where}.content", allow_sample)
+
+
+def check_item_reference(reference: Any, param: str) -> None:
+    """Checks an ``input_messages.item_reference``: one ``item.<path>`` naming the messages."""
+    text = _string(reference, param, non_empty=True)
+    try:
+        parsed = parse_reference(text)
+    except TemplateSyntaxError as exc:
+        raise GraderConfigError(str(exc), param) from None
+    if parsed.namespace != "item":
+        raise GraderConfigError(
+            f"expected a reference into the item namespace such as 'item.input', got {text!r}",
+            param,
+        )
 
 
 def _check_model(

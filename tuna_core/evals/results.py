@@ -4,7 +4,9 @@
 An item passes when every criterion passes, fails when none errored and one failed, and is
 errored when its sample could not be made (no grades: ``None``) or any criterion errored.
 ``result_counts`` counts items; ``per_testing_criteria_results`` counts each criterion's
-passes and fails over the items where it gave a verdict (an errored grade counts in neither).
+passes and fails over the items where it gave a verdict (an errored grade counts in neither),
+and (Tuna's extension) ``average_score``: the mean of those verdicts' scores (a similarity's
+0..1, a score model's number), or null when there was none.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def summarize(
     counts = {"total": 0, "errored": 0, "failed": 0, "passed": 0}
     passed = [0] * len(criteria)
     failed = [0] * len(criteria)
+    scores = [0.0] * len(criteria)
     for grades in items:
         counts["total"] += 1
         status = item_status(grades)
@@ -46,12 +49,18 @@ def summarize(
             raise ValueError(f"an item has {len(grades)} grades for {len(criteria)} criteria")
         for index, result in enumerate(grades):
             if not result.errored:
+                scores[index] += result.score
                 if result.passed:
                     passed[index] += 1
                 else:
                     failed[index] += 1
     per = [
-        {"testing_criteria": name, "passed": passed[i], "failed": failed[i]}
+        {
+            "testing_criteria": name,
+            "passed": passed[i],
+            "failed": failed[i],
+            "average_score": scores[i] / (passed[i] + failed[i]) if passed[i] + failed[i] else None,
+        }
         for i, name in enumerate(criteria)
     ]
     return {"result_counts": counts, "per_testing_criteria_results": per}

@@ -207,6 +207,33 @@ def render_messages(
     ]
 
 
+def referenced_messages(reference: str, item: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The chat messages an ``item_reference`` input names (``"item.input"``), taken as they are.
+
+    OpenAI's ``input_messages: {"type": "item_reference", "item_reference": "item.input"}``
+    reads each item's own conversation instead of rendering one template: the value must be a
+    non-empty list of ``{"role", "content"}`` messages. Their content is not rendered (the data
+    is the prompt). Raises `TemplateError` naming what is missing or malformed.
+    """
+    parsed = parse_reference(reference)
+    value = resolve(parsed, item, None)
+    if not isinstance(value, list) or not value:
+        raise TemplateError(parsed.text, "expected a non-empty list of messages")
+    messages = []
+    for index, message in enumerate(value):
+        where = f"{parsed.text}[{index}]"
+        if not isinstance(message, Mapping) or message.get("role") not in MESSAGE_ROLES:
+            raise TemplateError(
+                where, f"expected a message with a role of {', '.join(MESSAGE_ROLES)}"
+            )
+        try:
+            content = content_text(message.get("content"))
+        except (ValueError, KeyError, TypeError):
+            raise TemplateError(where, "expected text content") from None
+        messages.append({"role": str(message["role"]), "content": content})
+    return messages
+
+
 def build_sample(
     output_text: str,
     *,

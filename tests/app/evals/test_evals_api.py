@@ -316,6 +316,26 @@ def test_file_errors(server: LiveServer, client: openai.OpenAI, run_queue: Recor
         ({"type": "jsonl", "source": {"type": "file_content", "content": CONTENT[:1]}},
          "data_source.type"),
         (completions({"type": "stored_completions"}), "data_source.source.type"),
+        (
+            {**completions({"type": "file_content", "content": CONTENT[:1]}),
+             "input_messages": {"type": "item_reference", "item_reference": "sample.output"}},
+            "data_source.input_messages.item_reference",
+        ),
+        (
+            {**completions({"type": "file_content", "content": CONTENT[:1]}),
+             "input_messages": {"type": "item_reference"}},
+            "data_source.input_messages.item_reference",
+        ),
+        (
+            {**completions({"type": "file_content", "content": CONTENT[:1]}),
+             "input_messages": {"type": "item_reference", "item_reference": "item.x", "x": 1}},
+            "data_source.input_messages.x",
+        ),
+        (
+            {**completions({"type": "file_content", "content": CONTENT[:1]}),
+             "input_messages": {"type": "messages"}},
+            "data_source.input_messages.type",
+        ),
     ],
 )  # fmt: skip
 def test_run_errors_name_their_param(
@@ -325,6 +345,40 @@ def test_run_errors_name_their_param(
     with pytest.raises(openai.BadRequestError) as exc:
         client.evals.runs.create(evaluation.id, data_source=data_source)  # type: ignore[arg-type]
     assert error_of(exc)["param"] == param
+
+
+def test_a_run_may_prompt_with_each_items_own_messages(
+    client: openai.OpenAI, run_queue: RecordingQueue
+) -> None:
+    evaluation = create_eval(client)
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            **completions({"type": "file_content", "content": CONTENT[:1]}),
+            "input_messages": {"type": "item_reference", "item_reference": " item.turns "},
+        },  # type: ignore[arg-type]
+    )
+    source = run.data_source.model_dump(exclude_none=True)
+    assert source["input_messages"] == {"type": "item_reference", "item_reference": "item.turns"}
+
+
+def test_active_runs_quota(server: LiveServer, run_queue: RecordingQueue) -> None:
+    client = server.client(server.new_key())
+    evaluation = create_eval(client)
+    content = {"type": "file_content", "content": CONTENT[:1]}
+    server.app.state.settings.max_active_eval_runs_per_project = 2
+    try:
+        first = client.evals.runs.create(evaluation.id, data_source=completions(content))
+        client.evals.runs.create(evaluation.id, data_source=completions(content))
+        with pytest.raises(openai.RateLimitError) as exc:
+            client.evals.runs.create(evaluation.id, data_source=completions(content))
+        assert error_of(exc)["code"] == "quota_exceeded"
+        assert "2 eval runs queued or in progress" in error_of(exc)["message"]
+        # A finished (here: canceled) run no longer counts.
+        client.evals.runs.cancel(first.id, eval_id=evaluation.id)
+        client.evals.runs.create(evaluation.id, data_source=completions(content))
+    finally:
+        server.app.state.settings.max_active_eval_runs_per_project = None
 
 
 def test_run_on_unknown_eval_is_404(client: openai.OpenAI) -> None:

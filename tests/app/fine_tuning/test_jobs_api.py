@@ -136,6 +136,34 @@ def test_defaults(tenant: Tenant) -> None:
     }
 
 
+def test_auto_eval_is_on_with_a_validation_file(tenant: Tenant) -> None:
+    client = tenant.client
+    training = upload(client)
+    without = create(client, training)
+    assert without.to_dict()["auto_eval"] == {"enabled": False, "max_items": 100}
+    assert without.to_dict()["eval"] is None
+    # Opting out of what there is nothing to run on is allowed.
+    assert create(client, training, extra_body={"auto_eval": False}).to_dict()["auto_eval"] == {
+        "enabled": False,
+        "max_items": 100,
+    }
+    validated = create(client, training, validation_file=upload(client))
+    assert validated.to_dict()["auto_eval"] == {"enabled": True, "max_items": 100}
+    capped = create(
+        client,
+        training,
+        validation_file=upload(client),
+        extra_body={"auto_eval": {"max_items": 7}},
+    )
+    assert capped.to_dict()["auto_eval"] == {"enabled": True, "max_items": 7}
+    off = create(
+        client, training, validation_file=upload(client), extra_body={"auto_eval": False}
+    )
+    assert off.to_dict()["auto_eval"] == {"enabled": False, "max_items": 100}
+    listed = {job.id: job.to_dict()["auto_eval"] for job in client.fine_tuning.jobs.list()}
+    assert listed[capped.id] == {"enabled": True, "max_items": 7}
+
+
 def test_both_forms_agree_or_conflict(tenant: Tenant) -> None:
     client = tenant.client
     training = upload(client)
@@ -195,6 +223,13 @@ def test_both_forms_agree_or_conflict(tenant: Tenant) -> None:
         ),
         ({"integrations": ["wandb"]}, "integrations[0]"),
         ({"extra_body": {"unknown_argument": 1}}, "unknown_argument"),
+        ({"extra_body": {"auto_eval": "yes"}}, "auto_eval"),
+        ({"extra_body": {"auto_eval": {"enabled": 1}}}, "auto_eval.enabled"),
+        ({"extra_body": {"auto_eval": {"max_items": 0}}}, "auto_eval.max_items"),
+        ({"extra_body": {"auto_eval": {"max_items": 101}}}, "auto_eval.max_items"),
+        ({"extra_body": {"auto_eval": {"items": 5}}}, "auto_eval.items"),
+        # Asked for, but there is no validation set to compare the models on.
+        ({"extra_body": {"auto_eval": True}}, "auto_eval"),
     ],
 )
 def test_invalid_create_requests(client: openai.OpenAI, kwargs: dict[str, Any], param: str) -> None:
