@@ -1,4 +1,9 @@
-"""`tuna jobs`: create, list, follow and cancel fine-tuning jobs."""
+"""`tuna jobs`: create, list, follow and cancel fine-tuning jobs.
+
+`get` (or `show`) also prints the job's automatic comparison: a job with a validation file that
+succeeds evaluates its starting model, kept checkpoints and final model on the validation set
+(`app.evals.job_comparison`), and the job object carries that table as `eval`.
+"""
 
 from __future__ import annotations
 
@@ -123,6 +128,18 @@ def _file_id(ctx: Ctx, value: str | None) -> str | None:
     metavar="NUMBER|auto",
     help="DPO's beta, in (0, 2] (auto); needs --method dpo.",
 )
+@click.option(
+    "--no-eval",
+    is_flag=True,
+    help="Do not compare the models on the validation set when the job succeeds.",
+)
+@click.option(
+    "--eval-items",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Compare the models on at most N validation examples (server default: its maximum).",
+)
 @click.option("--follow", "follow_after", is_flag=True, help="Then follow it (like `follow`).")
 @api_command
 def jobs_create(
@@ -138,11 +155,23 @@ def jobs_create(
     full: bool,
     method_type: str,
     beta: float | str | None,
+    no_eval: bool,
+    eval_items: int | None,
     follow_after: bool,
 ) -> None:
-    """Create a fine-tuning job (supervised or DPO) and print its id."""
+    """Create a fine-tuning job (supervised or DPO) and print its id.
+
+    With a validation file, a job that succeeds compares its starting model, checkpoints and
+    final model on the validation set (see `tuna jobs show`); --no-eval opts out.
+    """
     if beta is not None and method_type != "dpo":
         raise click.UsageError("--beta is a DPO hyperparameter: add --method dpo.")
+    if no_eval and eval_items is not None:
+        raise click.UsageError("--no-eval and --eval-items contradict each other: pick one.")
+    if eval_items is not None and not validation_file:
+        raise click.UsageError(
+            "--eval-items sets the comparison on the validation set: add --validation-file."
+        )
     body: dict[str, Any] = {"model": model, "training_file": _file_id(ctx, training_file)}
     if validation_file:
         body["validation_file"] = _file_id(ctx, validation_file)
@@ -165,6 +194,11 @@ def jobs_create(
         body["method"] = {"type": method_type, method_type: {"hyperparameters": hyperparameters}}
     elif method_type != "supervised":
         body["method"] = {"type": method_type}  # supervised is what a job without one gets
+    # Tuna's extension; left out, a job with a validation file compares its models anyway.
+    if no_eval:
+        body["auto_eval"] = False
+    elif eval_items is not None:
+        body["auto_eval"] = {"max_items": eval_items}
     job = ctx.client.post("/v1/fine_tuning/jobs", body)
     if ctx.json:
         ctx.emit_json(job)
@@ -238,6 +272,9 @@ def jobs_get(ctx: Ctx, job_id: str) -> None:
     ]
     if method != "supervised" and method in METHOD_METRICS:
         rows += _latest_metric_rows(ctx, job["id"], method)
+    comparison = _comparison_setting(job)
+    if comparison is not None:
+        rows.append(("comparison", comparison))
     if job.get("error"):
         rows.append(("error", f"[red]{escape(job['error'].get('message') or '')}[/]"))
     table = Table.grid(padding=(0, 2))
@@ -246,6 +283,8 @@ def jobs_get(ctx: Ctx, job_id: str) -> None:
     for key, value in rows:
         table.add_row(key, value)
     ctx.out.print(table)
+    if job.get("eval"):
+        _print_comparison(ctx, job["eval"])
 
 
 # One page of events is plenty to find the newest metrics event (most events are metrics).
@@ -266,6 +305,84 @@ def _latest_metric_rows(ctx: Ctx, job_id: str, method: str) -> list[tuple[str, s
         if latest is not None:
             rows += [(n, format_metric(n, latest[n])) for n in names if n in latest]
     return rows
+
+
+#: The comparison's statuses while its runs are still to finish.
+COMPARING = ("queued", "in_progress")
+#: An eval run's status, styled like the job statuses of `common.STATUS_STYLES`.
+RUN_STYLES = {
+    "queued": "cyan",
+    "in_progress": "yellow",
+    "completed": "green",
+    "failed": "red",
+    "canceled": "dim",
+}
+
+
+def _comparison_setting(job: dict[str, Any]) -> str | None:
+    """The `comparison` line of `get`: off, on (and for how many examples), or its eval."""
+    setting = job.get("auto_eval")
+    evaluation = job.get("eval")
+    if evaluation:
+        status = str(evaluation.get("status") or "")
+        return f"{evaluation['id']} ({_run_status(status)})"
+    if not setting:
+        return None  # a job from before the comparison existed
+    if not setting.get("enabled"):
+        return "off"
+    if job.get("status") == "succeeded":
+        return "none (see the job's events)"  # nothing to compare, or it could not start
+    if job.get("status") in TERMINAL_STATUSES:
+        return "off"  # failed or cancelled: only a succeeded job compares its models
+    return f"on: after the job succeeds, on up to {setting.get('max_items', '?')} validation items"
+
+
+def _run_status(status: str) -> str:
+    return f"[{RUN_STYLES.get(status, 'white')}]{escape(status)}[/]"
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _fixed(value: Any, decimals: int) -> str:
+    return "-" if value is None else f"{value:.{decimals}f}"
+
+
+def _print_comparison(ctx: Ctx, evaluation: dict[str, Any]) -> None:
+    """The job's models side by side on the validation set, the best fine-tuned one marked."""
+    eval_id = evaluation["id"]
+    status = str(evaluation.get("status") or "")
+    ctx.out.print()
+    ctx.out.print(
+        f"[bold]Comparison on the validation set[/] ({evaluation.get('items', 0)} items)",
+        highlight=False,
+    )
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("MODEL", "MODEL ID", "STATUS", "EXACT MATCH", "SIMILARITY", "VALID LOSS", ""):
+        table.add_column(column, no_wrap=True)
+    for row in evaluation.get("rows") or []:
+        table.add_row(
+            escape(str(row.get("label") or "")),
+            escape(str(row.get("model") or "")),
+            _run_status(str(row.get("status") or "")),
+            _percent(row.get("exact_match")),
+            _fixed(row.get("similarity"), 2),
+            _fixed(row.get("valid_loss"), 4),
+            "[bold green]best[/]" if row.get("best") else "",
+        )
+    ctx.out.print(table)
+    if status in COMPARING:
+        ctx.out.print(
+            f"Comparing models ({status.replace('_', ' ')}): each model's scores appear when "
+            "its run completes; `best` marks the best so far.",
+            highlight=False,
+        )
+    ctx.out.print(
+        f"Eval {eval_id}: `tuna evals show {eval_id}` lists its runs, "
+        f"`tuna evals items {eval_id} RUN_ID` a model's answers.",
+        highlight=False,
+    )
 
 
 jobs.add_command(jobs_get, "show")  # `tuna jobs show JOB_ID`, the same command
@@ -436,6 +553,11 @@ def _finish(ctx: Ctx, job: dict[str, Any]) -> int:
             f"[green]Succeeded.[/] Fine-tuned model: [bold]{escape(job['fine_tuned_model'])}[/]",
             highlight=False,
         )
+        if job.get("eval"):
+            ctx.err.print(
+                f"Its models are being compared on the validation set: tuna jobs show {job['id']}",
+                highlight=False,
+            )
     elif status == "failed":
         error = job.get("error") or {}
         code = f" ({error['code']})" if error.get("code") else ""

@@ -333,8 +333,21 @@
     const eventList = h("ol", { class: "events", id: "events" });
     const showMetrics = h("input", { type: "checkbox", id: "show-metrics", onchange: function () { renderEvents(); } });
     const errorArea = h("div", {});
+    // The automatic comparison on the validation set (the job's `eval`), once the job made one.
+    const comparisonEval = h("span", { class: "small muted", id: "comparison-eval" });
+    const comparisonNote = h("p", { class: "muted small", id: "comparison-note" });
+    const comparisonBody = h("tbody", {});
+    const comparison = h("section", { class: "card", id: "comparison", hidden: true },
+      h("div", { class: "card-head" }, h("h2", { text: "Comparison on the validation set" }), comparisonEval),
+      comparisonNote,
+      h("table", { class: "table", id: "comparison-table" },
+        h("thead", {}, h("tr", {}, ["Model", "Model id", "Status", "Exact match", "Similarity", "Valid loss", ""].map(function (c) {
+          return h("th", { text: c });
+        }))),
+        comparisonBody));
 
     view.appendChild(h("section", { class: "card" }, header, errorArea, summary));
+    view.appendChild(comparison);
     view.appendChild(h("div", { class: "grid" },
       h("section", { class: "card wide" },
         h("div", { class: "card-head" }, h("h2", { text: "Loss" }),
@@ -503,6 +516,7 @@
         ["Created", when(job.created_at)],
         ["Finished", when(job.finished_at)],
         ["Result files", (job.result_files || []).join(", ") || "\u2013"],
+        comparisonSetting(job),
       ];
       rows.filter(Boolean).forEach(function (r) {
         details.appendChild(h("dt", { text: r[0] }));
@@ -522,6 +536,49 @@
       renderHeader(job);
       renderSummary(job);
       renderDetails(job);
+      renderComparison(job);
+    }
+
+    /** The Details row on the comparison: off, on (for how many examples), or its eval. */
+    function comparisonSetting(job) {
+      const setting = job.auto_eval;
+      if (job.eval) return ["Comparison", job.eval.id + " (" + job.eval.status.replace("_", " ") + ")"];
+      if (!setting) return null; // a job from before the comparison existed
+      if (!setting.enabled) return ["Comparison", "Off"];
+      if (job.status === "succeeded") return ["Comparison", "None (see the events)"];
+      if (TERMINAL.includes(job.status)) return ["Comparison", "Off: the job did not succeed"];
+      return ["Comparison", "On: once the job succeeds, on up to " + setting.max_items + " validation examples"];
+    }
+
+    function renderComparison(job) {
+      const table = job.eval;
+      comparison.hidden = !table;
+      if (!table) return;
+      const evalHref = "#/evals/" + encodeURIComponent(table.id);
+      clear(comparisonEval).appendChild(h("span", {}, "eval ",
+        h("a", { href: evalHref, id: "comparison-eval-link" }, h("code", { text: table.id }))));
+      const comparing = RUN_ACTIVE.includes(table.status);
+      const best = (table.rows || []).find(function (r) { return r.best; });
+      comparisonNote.dataset.status = table.status;
+      comparisonNote.textContent = comparing
+        ? "Comparing models\u2026 Each model answers up to " + table.items + " validation examples; its scores appear when its run completes (updates every 2 s)."
+        : table.items + " validation examples, each model's answer graded for an exact match and for similarity (0 to 1) with the expected one. " +
+          (best ? "Best fine-tuned model: " + best.label + " (most exact answers, then similarity, then validation loss)." : "No fine-tuned model could be graded.");
+      clear(comparisonBody);
+      (table.rows || []).forEach(function (r) {
+        const runHref = evalHref + "?run=" + encodeURIComponent(r.run_id);
+        const answers = evalHref + "/runs/" + encodeURIComponent(r.run_id);
+        comparisonBody.appendChild(h("tr", { "data-run-id": r.run_id, "data-role": r.role, "data-best": r.best ? "true" : null, class: r.best ? "best" : null },
+          h("td", { "data-field": "label" },
+            h("a", { href: runHref, "data-run-link": r.run_id, text: r.label }),
+            r.best ? [" ", h("span", { class: "badge best", title: "The best fine-tuned model on the validation set", text: "best" })] : null),
+          h("td", { "data-field": "model" }, h("code", { text: r.model })),
+          h("td", { "data-field": "status" }, badge(r.status)),
+          h("td", { "data-field": "exact-match", text: r.exact_match == null ? "\u2013" : (100 * r.exact_match).toFixed(1) + "%" }),
+          h("td", { "data-field": "similarity", text: r.similarity == null ? "\u2013" : r.similarity.toFixed(2) }),
+          h("td", { "data-field": "valid-loss", text: r.valid_loss == null ? "\u2013" : r.valid_loss.toFixed(4) }),
+          h("td", {}, h("a", { class: "small", href: answers, "data-answers": r.run_id, text: "Answers" }))));
+      });
     }
 
     function renderEvents() {
@@ -597,7 +654,9 @@
         checkpointsSeen = messages;
         await renderCheckpoints();
       }
-      if (TERMINAL.includes(job.status)) done = true;
+      // A succeeded job's comparison runs after it: keep polling until its runs have ended.
+      const comparing = job.eval && RUN_ACTIVE.includes(job.eval.status);
+      if (TERMINAL.includes(job.status) && !comparing) done = true;
     });
   }
 
@@ -714,6 +773,21 @@
     };
     methodType.addEventListener("change", showMethod);
     showMethod();
+    // Tuna's `auto_eval`: a job with a validation file compares its models on it when it succeeds.
+    const autoEval = h("input", { type: "checkbox", id: "job-auto-eval", checked: true });
+    const evalItems = h("input", { id: "job-eval-items", type: "number", min: 1, step: 1, placeholder: "server default" });
+    const autoEvalHint = h("p", { class: "muted small", id: "job-auto-eval-hint" });
+    const showAutoEval = function () {
+      const usable = validation.value !== "";
+      autoEval.disabled = !usable;
+      evalItems.disabled = !usable || !autoEval.checked;
+      autoEvalHint.textContent = usable
+        ? "When the job succeeds, the starting model, each checkpoint and the final model answer the validation examples; the job page shows their exact match, similarity and validation loss side by side, the best marked."
+        : "Needs a validation file: the models are compared on it.";
+    };
+    validation.addEventListener("change", showAutoEval);
+    autoEval.addEventListener("change", showAutoEval);
+    showAutoEval();
     const message = h("div", {});
     const submit = h("button", { type: "submit", class: "primary", id: "create-job", text: "Start job" });
 
@@ -740,6 +814,9 @@
         } else if (type !== "supervised") {
           body.method = { type: type };
         }
+        // Left out, a job with a validation file compares its models (the server's default).
+        if (validation.value && !autoEval.checked) body.auto_eval = false;
+        else if (validation.value && evalItems.value !== "") body.auto_eval = { max_items: Number(evalItems.value) };
         submit.disabled = true;
         try {
           const job = await api.post("/v1/fine_tuning/jobs", body);
@@ -766,6 +843,11 @@
         h("label", {}, "Seed", seed),
         h("label", {}, "Training type", trainingType),
         betaField),
+      h("h2", { text: "Comparison" }),
+      h("div", { class: "form-grid four" },
+        h("label", { class: "check span2" }, autoEval, " Compare models on the validation set"),
+        h("label", {}, "Max items", evalItems)),
+      autoEvalHint,
       message,
       h("div", { class: "actions" }, submit));
     view.appendChild(form);
@@ -799,6 +881,7 @@
       });
       if (params.get("file")) training.value = params.get("file");
       if (params.get("model")) model.value = params.get("model");
+      showAutoEval();
     }).catch(function (err) { message.appendChild(errorBox(err.message)); });
   }
 

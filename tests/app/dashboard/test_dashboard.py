@@ -154,6 +154,19 @@ def test_a_whole_run_in_the_browser(
     assert page.locator("#cancel-job").count() == 0
     _shot(page, shots, "06-job-succeeded")
 
+    # It had a validation file: the worker compares its models on it, and the page (still
+    # polling after the job succeeded) fills the table in until the last run has ended.
+    page.wait_for_selector("#comparison-note[data-status=completed]", timeout=300_000)
+    rows = page.query_selector_all("#comparison-table tbody tr")
+    roles = [row.get_attribute("data-role") for row in rows]
+    assert roles[0] == "base" and roles[-1] == "final", roles
+    assert set(roles[1:-1]) == {"checkpoint"}  # the checkpoints kept before the last step
+    final_row = rows[-1]
+    assert final_row.query_selector("[data-field=model]").inner_text() == model
+    assert final_row.query_selector("[data-field=status]").inner_text() == "completed"
+    assert final_row.query_selector("[data-field=exact-match]").inner_text().endswith("%")
+    assert page.locator("#comparison-table .badge.best").count() <= 1
+
     # The jobs table shows it, with progress and the model id.
     page.click("nav a[data-nav=jobs]")
     row = page.wait_for_selector(f"#jobs-table tr[data-job-id='{job_id}']")
