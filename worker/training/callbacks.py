@@ -26,7 +26,15 @@ class TrainingCallbacks(Protocol):
     ``on_metrics`` gets ``train_loss``, ``train_mean_token_accuracy``, ``learning_rate``,
     ``epoch``, ``trained_tokens`` (cumulative) and ``tokens_per_second`` every step;
     ``valid_loss``/``valid_mean_token_accuracy`` on evaluation steps when there is a validation
-    file; ``full_valid_loss``/``full_valid_mean_token_accuracy`` on the last step.
+    file; ``full_valid_loss``/``full_valid_mean_token_accuracy`` on the last step.  (DPO names
+    its own metrics, `tuna_core.metrics`: ``train_loss``, ``train_reward_accuracy``, ...)
+
+    With a validation file, a run that starts fresh (not resumed from a checkpoint) measures the
+    starting model on the whole file before its first step and reports it through ``on_event``
+    ("info", "Validation loss before training: 2.3456", data ``{"baseline": {"full_valid_loss":
+    2.3456, "full_valid_mean_token_accuracy": 0.41}}``; DPO: its ``full_valid_*`` metrics).
+    ``on_checkpoint``'s metrics are that step's, plus ``full_valid_loss``/
+    ``full_valid_mean_token_accuracy`` over the whole validation file when there is one.
     """
 
     def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None: ...

@@ -18,6 +18,12 @@ What must hold:
 * ``init_from``: the run starts from a fine-tuned model's weights (a LoRA adapter continues
   training as that adapter; full weights are loaded; an adapter trained further as a full model
   is merged first).  Its ``tuna_model.json`` must name the same base model.
+* Validation (with a validation file): a run that starts fresh (not one resumed from a
+  checkpoint) first measures the starting model on the whole validation file and reports it as
+  an ``info`` event whose data is ``{"baseline": {"full_valid_loss": ..., ...}}`` (the method's
+  ``full_valid_*`` metrics); each epoch checkpoint's metrics and the last step's carry the same
+  ``full_valid_*`` metrics, so base, checkpoints and final model compare on one measure.
+  Evaluation consumes no RNG and changes no weight: losses and weights are the same as without.
 * Checkpoints: one at each epoch end, in ``output_dir/checkpoints/step-N``, last
   ``keep_checkpoints`` kept.  A pause writes the same kind of folder (so "resume from the newest
   ``step-N``" works for pauses and crashes alike) but it is not reported through
@@ -235,6 +241,16 @@ def train(
         callbacks,
     )
     train_examples, valid_examples = prepared["train"], prepared["valid"]
+    if valid_examples and state is None:
+        # The starting model's validation loss, to compare checkpoints and the final model with.
+        # After `prepare` (DPO scores the validation pairs against the reference there); no RNG
+        # is consumed and no weight changes, so the run trains exactly as it would without it.
+        baseline = run.evaluate(valid_examples, "full_valid")
+        callbacks.on_event(
+            "info",
+            f"Validation loss before training: {baseline['full_valid_loss']:.4f}",
+            {"baseline": baseline},
+        )
     if compiled:
         callbacks.on_event(
             "info", "Compiling the model's layers (the first step takes longer)", None
@@ -305,14 +321,19 @@ def train(
 
             if config.checkpoint_every_epoch and batch_index == len(batches) - 1:
                 path = config.output_dir / "checkpoints" / f"step-{position.step}"
-                kept = [*checkpoints, CheckpointInfo(position.step, path, metrics)]
+                checkpoint_metrics = metrics
+                if valid_examples and "full_valid_loss" not in metrics:
+                    # Each checkpoint is measured on the whole validation file, as the last step
+                    # is (the step's own metrics, already reported, stay as they were).
+                    checkpoint_metrics = metrics | run.evaluate(valid_examples, "full_valid")
+                kept = [*checkpoints, CheckpointInfo(position.step, path, checkpoint_metrics)]
                 dropped, checkpoints = (
                     kept[: -config.keep_checkpoints],
                     kept[-config.keep_checkpoints :],
                 )
                 # The state lists the kept checkpoints, so a resumed run prunes the same ones.
                 run.save_checkpoint(path, position, history, checkpoints)
-                callbacks.on_checkpoint(position.step, path, metrics)
+                callbacks.on_checkpoint(position.step, path, checkpoint_metrics)
                 for old in dropped:
                     # Only ours: a run resumed from another run's folder leaves that one alone.
                     if old.path.resolve().is_relative_to(config.output_dir.resolve()):

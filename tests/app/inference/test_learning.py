@@ -1,5 +1,6 @@
 """It learned: a LoRA job on the bundled SmolLM2-135M-Instruct, served by the API, beats the
-base model on held-out inputs, measured by chat completions and by an eval run on each model.
+base model on held-out inputs, measured by chat completions, by an eval run on each model, and
+by the job's own automatic comparison on its validation set (the held-out words).
 
 The task is a fixed answer format the base never produces on its own: "Wrap: lantern" ->
 "<<lantern>>".  The held-out words never appear in training, so a model that only memorised its
@@ -16,6 +17,7 @@ import pytest
 
 from tests.conftest import WorkerProcess
 from tests.worker.test_eval_runs import wait_for_run
+from tests.worker.test_job_comparison import job_eval
 from tests.worker.test_job_flow import TERMINAL, wait_for
 from tuna_core.evals import expected_answer_criteria
 
@@ -124,9 +126,25 @@ def test_fine_tuned_model_beats_base(client: openai.OpenAI, worker: WorkerProces
     training_file = client.files.create(
         file=("wrap.jsonl", io.BytesIO(data)), purpose="fine-tune"
     ).id
+    held_out = "".join(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": prompt(w)},
+                    {"role": "assistant", "content": answer(w)},
+                ]
+            }
+        )
+        + "\n"
+        for w in TEST_WORDS
+    )
+    validation_file = client.files.create(
+        file=("wrap-valid.jsonl", io.BytesIO(held_out.encode())), purpose="fine-tune"
+    ).id
     job = client.fine_tuning.jobs.create(
         model=BASE,
         training_file=training_file,
+        validation_file=validation_file,
         suffix="wrap",
         seed=7,
         hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 5},
@@ -174,3 +192,20 @@ def test_fine_tuned_model_beats_base(client: openai.OpenAI, worker: WorkerProces
         pass_rates[model] = finished.result_counts.passed / finished.result_counts.total
     print(f"eval pass rate: {pass_rates}")
     assert pass_rates[done.fine_tuned_model] >= pass_rates[BASE] + 0.5
+
+    # And with no call at all: the job compared its models on its validation set by itself.
+    table = job_eval(client, job.id, timeout=900)
+    for row in table["rows"]:
+        print(
+            f"{row['label']:>8}: exact {row['exact_match']:.2f} similarity "
+            f"{row['similarity']:.2f} valid loss {row['valid_loss']:.4f} best {row['best']}"
+        )
+    base, *checkpoints, final = table["rows"]
+    assert (base["role"], final["role"]) == ("base", "final")
+    assert [c["role"] for c in checkpoints] == ["checkpoint", "checkpoint"]  # epochs 1 and 2
+    assert table["items"] == len(TEST_WORDS)
+    assert base["exact_match"] <= 0.1
+    assert final["exact_match"] >= base["exact_match"] + 0.5
+    assert final["valid_loss"] < base["valid_loss"]
+    (best,) = [row for row in table["rows"] if row["best"]]
+    assert best["exact_match"] == max(row["exact_match"] for row in table["rows"])

@@ -48,14 +48,17 @@ class Recorder(NullCallbacks):
     def __init__(self, stop_at: int | None = None, request: StopRequest = "cancel") -> None:
         self.stop_at, self.request = stop_at, request
         self.events: list[tuple[str, str, dict[str, Any] | None]] = []
+        self.metrics_before_event: list[int] = []  # per event: how many steps were reported
         self.hyperparameters: ResolvedHyperparameters | None = None
         self.metrics: list[tuple[int, int, dict[str, float]]] = []
         self.checkpoints: list[tuple[int, Path]] = []
+        self.checkpoint_metrics: dict[int, dict[str, float]] = {}
         self.deleted: list[tuple[int, Path]] = []
         self.polls = 0
 
     def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
         self.events.append((level, message, data))
+        self.metrics_before_event.append(len(self.metrics))
 
     def on_hyperparameters(self, resolved: ResolvedHyperparameters) -> None:
         self.hyperparameters = resolved
@@ -65,6 +68,7 @@ class Recorder(NullCallbacks):
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         self.checkpoints.append((step, path))
+        self.checkpoint_metrics[step] = dict(metrics)
 
     def on_checkpoint_deleted(self, step: int, path: Path) -> None:
         self.deleted.append((step, path))
@@ -79,3 +83,14 @@ class Recorder(NullCallbacks):
     @property
     def losses(self) -> dict[int, float]:
         return {step: m["train_loss"] for step, _, m in self.metrics}
+
+    @property
+    def baselines(self) -> list[tuple[int, str, dict[str, float]]]:
+        """The "before training" validation events: (steps reported before it, message, data)."""
+        return [
+            (before, message, data["baseline"])
+            for (_, message, data), before in zip(
+                self.events, self.metrics_before_event, strict=True
+            )
+            if data and "baseline" in data
+        ]

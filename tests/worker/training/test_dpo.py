@@ -218,6 +218,28 @@ def test_dpo_run_reports_its_metrics_and_learns_the_preference(
     assert (result.final_dir / "adapter_config.json").is_file()
 
 
+def test_dpo_run_reports_the_starting_models_validation_loss(
+    make_config: MakeConfig, pairs_file: Path
+) -> None:
+    """The baseline is measured against the reference log-probs, which are the starting
+    model's: every margin is zero and the loss log 2."""
+    rec = Recorder()
+    result = train(dpo_config(make_config, pairs_file, validation_file=pairs_file), rec)
+    ((before, message, baseline),) = rec.baselines
+    assert before == 0
+    assert set(baseline) == set(metric_names("dpo", "full_valid"))
+    assert baseline["full_valid_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert baseline["full_valid_reward_margin"] == pytest.approx(0, abs=1e-4)
+    assert message == f"Validation loss before training: {baseline['full_valid_loss']:.4f}"
+    # 6 pairs, batch 2, 2 epochs: checkpoints at steps 3 and 6, each measured on the whole file.
+    assert sorted(rec.checkpoint_metrics) == [3, 6]
+    assert all(
+        set(metric_names("dpo", "full_valid")) <= set(m) for m in rec.checkpoint_metrics.values()
+    )
+    assert rec.checkpoint_metrics[3]["full_valid_loss"] < baseline["full_valid_loss"]
+    assert rec.checkpoint_metrics[6]["full_valid_loss"] == result.metrics["full_valid_loss"]
+
+
 @pytest.mark.parametrize("training_type", ["lora", "full"])
 def test_pause_then_resume_matches_uninterrupted_dpo_run(
     make_config: MakeConfig, pairs_file: Path, training_type: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,6 +145,100 @@ def test_pause_then_resume_matches_uninterrupted_run(
     assert_same_weights(resumed.final_dir, reference.final_dir)
     assert not paused.value.checkpoint_path.exists()  # removed once the run finished
     assert [c.step for c in resumed.checkpoints] == [3, 6, 9]
+
+
+# Validation: the starting model, then every checkpoint -----------------------------------------
+
+
+def test_fresh_run_reports_the_starting_models_validation_loss(
+    make_config: MakeConfig, varied_file: Path
+) -> None:
+    """Validation file = training file, one batch of all six examples: the first step's train
+    loss is the starting model's loss on the file (the baseline), the second step's the loss
+    after one step (the first epoch checkpoint's full_valid_loss)."""
+    rec = Recorder()
+    result = train(make_config(varied_file, batch_size=6, validation_file=varied_file), rec)
+
+    ((before, message, baseline),) = rec.baselines
+    assert before == 0  # reported before any step's metrics
+    assert set(baseline) == {"full_valid_loss", "full_valid_mean_token_accuracy"}
+    loss = baseline["full_valid_loss"]
+    assert math.isfinite(loss) and loss > 0
+    assert message == f"Validation loss before training: {loss:.4f}"
+    assert [level for level, _, data in rec.events if data and "baseline" in data] == ["info"]
+    first, second = rec.metrics[0][2], rec.metrics[1][2]
+    assert loss == pytest.approx(first["train_loss"], rel=1e-5)
+    assert baseline["full_valid_mean_token_accuracy"] == pytest.approx(
+        first["train_mean_token_accuracy"], abs=1e-6
+    )
+
+    # Every checkpoint carries the whole validation file's metrics, measured at its step.
+    assert sorted(rec.checkpoint_metrics) == [1, 2]
+    after_one = rec.checkpoint_metrics[1]
+    assert after_one["full_valid_loss"] == pytest.approx(second["train_loss"], rel=1e-5)
+    assert after_one["full_valid_loss"] < loss
+    assert "full_valid_mean_token_accuracy" in after_one
+    assert after_one["train_loss"] == first["train_loss"]  # the step's metrics, plus these
+    assert "full_valid_loss" not in first  # on_metrics of a step before the last: unchanged
+    assert rec.checkpoint_metrics[2]["full_valid_loss"] == result.metrics["full_valid_loss"]
+    assert [c.metrics["full_valid_loss"] for c in result.checkpoints] == [
+        rec.checkpoint_metrics[1]["full_valid_loss"],
+        rec.checkpoint_metrics[2]["full_valid_loss"],
+    ]
+    state = torch.load(result.checkpoints[0].path / STATE_FILE, weights_only=True)
+    assert state["checkpoints"][0][2]["full_valid_loss"] == after_one["full_valid_loss"]
+
+
+def test_evaluating_changes_nothing_in_training(
+    make_config: MakeConfig, varied_file: Path, tmp_path: Path
+) -> None:
+    """Evaluation (before training, on evaluation steps, at checkpoints) consumes no RNG: with
+    LoRA dropout drawing from it, a run with a validation file trains exactly as one without."""
+    valid = write_jsonl(tmp_path / "valid.jsonl", [chat("Say hi", "Hi there."), chat("2+2?", "4.")])
+    plain_run, validated_run = Recorder(), Recorder()
+    plain = train(make_config(varied_file, "plain", lora_dropout=0.1), plain_run)
+    validated = train(
+        make_config(varied_file, "validated", lora_dropout=0.1, validation_file=valid),
+        validated_run,
+    )
+    assert plain_run.baselines == []
+    assert sorted(plain_run.checkpoint_metrics) == [3, 6]
+    assert not any("full_valid_loss" in m for m in plain_run.checkpoint_metrics.values())
+    assert len(validated_run.baselines) == 1
+    assert all("full_valid_loss" in m for m in validated_run.checkpoint_metrics.values())
+    assert validated_run.losses == plain_run.losses
+    assert_same_weights(validated.final_dir, plain.final_dir)
+
+
+def test_resumed_run_reports_no_baseline_and_the_same_checkpoint_metrics(
+    make_config: MakeConfig, varied_file: Path
+) -> None:
+    full_run = Recorder()
+    reference = train(
+        make_config(varied_file, "ref", n_epochs=3, validation_file=varied_file), full_run
+    )
+    resumed_run = Recorder()
+    resumed = train(
+        make_config(
+            varied_file,
+            "resumed",
+            n_epochs=3,
+            validation_file=varied_file,
+            resume_from_checkpoint=reference.checkpoints[0].path,
+        ),
+        resumed_run,
+    )
+    assert len(full_run.baselines) == 1
+    assert resumed_run.baselines == []  # the starting model is not this run's start
+    assert resumed_run.losses == {s: v for s, v in full_run.losses.items() if s > 3}
+    assert sorted(resumed_run.checkpoint_metrics) == [6, 9]
+    for step, metrics in resumed_run.checkpoint_metrics.items():
+        assert metrics["full_valid_loss"] == full_run.checkpoint_metrics[step]["full_valid_loss"]
+    # Step 3's checkpoint, from the state, keeps its full_valid_loss too.
+    assert [c.metrics["full_valid_loss"] for c in resumed.checkpoints] == [
+        c.metrics["full_valid_loss"] for c in reference.checkpoints
+    ]
+    assert_same_weights(resumed.final_dir, reference.final_dir)
 
 
 def test_cancel_stops_between_steps(make_config: MakeConfig, varied_file: Path) -> None:
