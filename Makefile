@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help setup serve test lint format bench-upload bench-serve clean distclean
+.PHONY: help setup serve test lint format bench-upload bench-serve bench-grammar clean distclean
 
 help:
 	@echo "make serve         start Tuna at http://$(HOST):$(PORT) (HOST, PORT, DATA_DIR)"
@@ -21,6 +21,7 @@ help:
 	@echo "make format        ruff format + ruff check --fix"
 	@echo "make bench-upload  server memory during a streamed upload (SIZE_MB, PURPOSE)"
 	@echo "make bench-serve   serving throughput: 1/8/32 clients, base and adapters, vs static batch"
+	@echo "make bench-grammar grammar libraries for structured output: compile, per-token mask"
 	@echo "make clean         caches and build leftovers (keeps .venv and $(DATA_DIR))"
 	@echo "make distclean     clean + remove .venv"
 
@@ -47,6 +48,11 @@ bench-upload: setup
 
 bench-serve: setup
 	$(BIN)/python bench/serve_throughput.py
+
+# xgrammar and outlines-core are measured only where installed (they are not dependencies):
+#   $(BIN)/pip install --no-deps xgrammar apache-tvm-ffi outlines-core
+bench-grammar: setup
+	$(BIN)/python bench/grammar_libraries.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis build dist *.egg-info
