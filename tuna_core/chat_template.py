@@ -28,12 +28,13 @@ transformers itself except transformers' template helpers, when first rendering.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from tuna_core.tool_calls import format_tool_calls
 
 # The system turn SmolLM2's template renders when a chat has none.
 CHATML_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -64,20 +65,6 @@ def _text_content(content: str | list[dict[str, Any]] | None) -> str:
     return "".join(part["text"] for part in content)
 
 
-def _tool_calls_as_text(tool_calls: list[dict[str, Any]]) -> str:
-    """Hermes-style ``<tool_call>`` blocks, for templates that have no tool-call syntax."""
-    blocks = []
-    for call in tool_calls:
-        function = call["function"]
-        arguments = function.get("arguments", {})
-        if isinstance(arguments, str):
-            with contextlib.suppress(json.JSONDecodeError):
-                arguments = json.loads(arguments)
-        call_json = json.dumps({"name": function["name"], "arguments": arguments})
-        blocks.append(f"<tool_call>\n{call_json}\n</tool_call>")
-    return "\n".join(blocks)
-
-
 @functools.lru_cache(maxsize=16)
 def _tool_syntax(template: str) -> tuple[bool, bool]:
     """Whether ``template`` renders tool calls and tool definitions itself."""
@@ -106,7 +93,7 @@ def prepare_chat(
         if tool_calls and native_tool_calls:
             shaped["tool_calls"] = tool_calls
         elif tool_calls:
-            calls = _tool_calls_as_text(tool_calls)
+            calls = format_tool_calls(tool_calls)
             shaped["content"] = f"{text}\n{calls}" if text else calls
         for key in ("name", "tool_call_id"):
             if key in message and native_tool_calls:

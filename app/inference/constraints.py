@@ -46,6 +46,8 @@ import llguidance
 import numpy as np
 import torch
 
+from app.inference.types import ResponseFormat
+
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
 
@@ -432,3 +434,15 @@ __all__ = [
     "compiler_for",
     "unpack_bitmask",
 ]
+
+
+def compile_response_format(
+    tokenizer: Any, response_format: ResponseFormat, *, vocab_size: int, eos_ids: Iterable[int]
+) -> CompiledGrammar:
+    """A request's `response_format` compiled for the model that answers it (cached)."""
+    compiler = compiler_for(tokenizer, vocab_size=vocab_size, eos_ids=eos_ids)
+    if response_format.schema is None:
+        return compiler.compile_json_object()
+    return compiler.compile_json_schema(
+        json.loads(response_format.schema), strict=response_format.strict
+    )

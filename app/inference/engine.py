@@ -33,15 +33,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.errors import APIError, InvalidRequest, RateLimited, ServerError
+from app.ids import random_token
 from app.inference.types import (
+    ChoiceFinished,
     GenerationEvent,
     GenerationResult,
     ModelTarget,
     SamplingParams,
+    TextDelta,
+    ToolCallDelta,
+    Tools,
     collect,
 )
 from tuna_core.chat_template import render_prompt
 from tuna_core.devices import DeviceUnavailable
+from tuna_core.tool_calls import Content, ToolCallParser, prefill
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -68,12 +74,23 @@ class InferenceEngine(Protocol):
     """
 
     async def chat(
-        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
+        self,
+        target: ModelTarget,
+        messages: list[dict[str, Any]],
+        params: SamplingParams,
+        tools: Tools | None = None,
     ) -> GenerationResult: ...
 
     def stream_chat(
-        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
-    ) -> AsyncGenerator[GenerationEvent, None]: ...
+        self,
+        target: ModelTarget,
+        messages: list[dict[str, Any]],
+        params: SamplingParams,
+        tools: Tools | None = None,
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """With ``tools`` (and a `tool_choice` other than "none") the model's calls come as
+        `ToolCallDelta`s and a choice that made one finishes with "tool_calls"."""
+        ...
 
     async def complete(
         self, target: ModelTarget, prompts: list[str], params: SamplingParams
@@ -160,20 +177,36 @@ class LocalEngine:
     # -- the protocol --------------------------------------------------------------------------
 
     async def chat(
-        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
+        self,
+        target: ModelTarget,
+        messages: list[dict[str, Any]],
+        params: SamplingParams,
+        tools: Tools | None = None,
     ) -> GenerationResult:
-        async with aclosing(self.stream_chat(target, messages, params)) as events:
+        async with aclosing(self.stream_chat(target, messages, params, tools)) as events:
             return await collect(events)
 
     def stream_chat(
-        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
+        self,
+        target: ModelTarget,
+        messages: list[dict[str, Any]],
+        params: SamplingParams,
+        tools: Tools | None = None,
     ) -> AsyncGenerator[GenerationEvent, None]:
+        # tool_choice "none": the tools are not shown, and nothing is parsed.
+        active = tools if tools is not None and tools.choice != "none" else None
+        forced = prefill(active.choice, active.function) if active is not None else ""
+
         def encode(tokenizer: Any) -> list[list[int]]:
-            text = render_prompt(tokenizer, messages)
+            definitions = active.definitions if active is not None else None
+            text = render_prompt(tokenizer, messages, definitions) + forced
             # The template writes any BOS itself; adding special tokens again would double it.
             return [tokenizer(text, add_special_tokens=False)["input_ids"]]
 
-        return self._stream(target, encode, params, "messages", prompts=1)
+        events = self._stream(target, encode, params, "messages", prompts=1)
+        if active is None:
+            return events
+        return parse_tool_call_events(events, active, forced)
 
     async def complete(
         self, target: ModelTarget, prompts: list[str], params: SamplingParams
@@ -331,6 +364,51 @@ class LocalEngine:
                 yield event
         finally:
             cancel.set()
+
+
+async def parse_tool_call_events(
+    events: AsyncGenerator[GenerationEvent, None], tools: Tools, prefix: str = ""
+) -> AsyncGenerator[GenerationEvent, None]:
+    """Generated text as content and tool calls (`tuna_core.tool_calls.ToolCallParser`, one per
+    choice): text that may open a ``<tool_call>`` block is held back until the block is judged,
+    a complete call goes out as an id-and-name delta then its arguments in one delta, and a
+    choice that made a call finishes with "tool_calls".  ``prefix`` is the prefilled text.
+    """
+    parsers: dict[int, ToolCallParser] = {}
+    emitted: dict[int, int] = {}  # calls sent, per choice
+
+    def parser(index: int) -> ToolCallParser:
+        if index not in parsers:
+            parsers[index] = ToolCallParser(tools.names, parallel=tools.parallel, prefix=prefix)
+        return parsers[index]
+
+    def pieces(index: int, found: list[Any]) -> list[GenerationEvent]:
+        out: list[GenerationEvent] = []
+        for piece in found:
+            if isinstance(piece, Content):
+                out.append(TextDelta(index, piece.text))
+            else:
+                call = emitted[index] = emitted.get(index, -1) + 1
+                call_id = "call_" + random_token(24)
+                out.append(ToolCallDelta(index, call, id=call_id, name=piece.name))
+                out.append(ToolCallDelta(index, call, arguments=piece.arguments))
+        return out
+
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if event.logprobs:  # the tokens' logprobs go out as they come, text or call
+                    yield TextDelta(event.index, "", event.logprobs)
+                for out in pieces(event.index, parser(event.index).feed(event.text)):
+                    yield out
+            elif isinstance(event, ChoiceFinished):
+                choice = parser(event.index)
+                for out in pieces(event.index, choice.finish()):
+                    yield out
+                reason = "tool_calls" if choice.called else event.finish_reason
+                yield ChoiceFinished(event.index, reason)
+            else:
+                yield event
 
 
 def max_new_tokens(target: ModelTarget, prompt_len: int, params: SamplingParams, param: str) -> int:

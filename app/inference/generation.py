@@ -10,6 +10,10 @@ What must hold:
   exactly the final text, and a stop string never appears in it (OpenAI cuts before the stop).
 * finish_reason: "stop" for an end-of-turn token or a stop string, "length" when max tokens ran
   out.  Every generated token counts as a completion token, the end-of-turn token included.
+* logprobs (when asked): each generated token's log-probability under the distribution it was
+  picked from (the logits after `logit_bias` and any grammar mask, before temperature, as
+  OpenAI reports them), with its ``k`` most likely alternatives; the end-of-turn token is not
+  listed.  They ride on the text delta that releases the token's text.
 
 torch is imported lazily by the caller's thread (this module is imported only by the engine's
 worker thread, never by the API at start-up).
@@ -23,7 +27,13 @@ from typing import Any
 
 import torch
 
-from app.inference.types import ChoiceFinished, GenerationEvent, SamplingParams, TextDelta
+from app.inference.types import (
+    ChoiceFinished,
+    GenerationEvent,
+    SamplingParams,
+    TextDelta,
+    TokenLogprob,
+)
 
 
 class TextAssembler:
@@ -119,20 +129,24 @@ class Choice:
         self.text = TextAssembler(tokenizer, params.stop)
         self.generated = 0
         self.finished = False
+        self.pending: list[TokenLogprob] = []  # logprobs of tokens whose text is held back
 
-    def accept(self, token: int) -> None:
+    def accept(self, token: int, logprob: TokenLogprob | None = None) -> None:
         """Take the next token: emit what text became final, and the finish reason if it ended."""
         self.generated += 1
         if token in self.eos_ids:
             finish: str | None = "stop"
             delta = self.text.flush()
         else:
+            if logprob is not None:
+                self.pending.append(logprob)
             delta, hit = self.text.push(token)
             finish = "stop" if hit else ("length" if self.generated >= self.budget else None)
             if finish == "length":
                 delta += self.text.flush()
-        if delta:
-            self.emit(TextDelta(self.index, delta))
+        if delta or (finish is not None and self.pending):
+            self.emit(TextDelta(self.index, delta, tuple(self.pending)))
+            self.pending = []
         if finish is not None:
             self.finished = True
             self.emit(ChoiceFinished(self.index, finish))
@@ -177,6 +191,24 @@ class PromptChoices:
             for row, token in zip(rows, tokens, strict=True):
                 self.counts[row, token] += 1
         return tokens
+
+
+def token_logprobs(tokenizer: Any, logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """``token``'s entry from one row's log-probabilities (``[vocab]``), with ``top``
+    alternatives."""
+
+    def shown(token_id: int) -> tuple[str, tuple[int, ...]]:
+        text = tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+        return text, tuple(text.encode("utf-8", errors="replace"))
+
+    text, raw = shown(token)
+    alternatives: tuple[tuple[str, tuple[int, ...], float], ...] = ()
+    if top > 0:
+        values, ids = logprobs.topk(top)
+        alternatives = tuple(
+            (*shown(int(i)), float(v)) for v, i in zip(values.tolist(), ids.tolist(), strict=True)
+        )
+    return TokenLogprob(text, raw, float(logprobs[token]), alternatives)
 
 
 def _random_seed() -> int:

@@ -29,11 +29,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from app.errors import APIError, ServerError
+from app.errors import APIError, InvalidRequest, ServerError
 from app.inference.batching import DecodeBatch, Row
+from app.inference.constraints import (
+    CompiledGrammar,
+    ConstraintError,
+    RowConstraint,
+    apply_constraints,
+    compile_response_format,
+)
 from app.inference.engine import DONE, Failed, Request, max_new_tokens
-from app.inference.generation import Choice, PromptChoices
-from app.inference.types import Started, Usage
+from app.inference.generation import Choice, PromptChoices, token_logprobs
+from app.inference.types import Started, TokenLogprob, Usage
 
 if TYPE_CHECKING:
     from app.inference.models import ModelCache
@@ -52,6 +59,7 @@ class _Owner:
     request: Request
     prompt: PromptChoices
     position: int  # of the choice within its prompt's choices
+    constraint: RowConstraint | None = None  # structured output: the row's grammar state
 
     @property
     def choice(self) -> Choice:
@@ -157,6 +165,8 @@ class Scheduler:
                 max_new_tokens(request.target, len(ids), request.params, request.param)
                 for ids in prompts
             ]
+            grammar = self._grammar(request)
+            _check_logit_bias(request)
         except APIError as exc:
             self._end(request, Failed(exc))
             return
@@ -185,8 +195,29 @@ class Scheduler:
             prompt = PromptChoices(ids, request.params, choices)
             request.choices += choices
             batch.newcomers += [
-                Row(ids, loaded.adapter, _Owner(request, prompt, i)) for i in range(n)
+                Row(
+                    ids,
+                    loaded.adapter,
+                    _Owner(request, prompt, i, grammar.constraint() if grammar else None),
+                )
+                for i in range(n)
             ]
+
+    def _grammar(self, request: Request) -> CompiledGrammar | None:
+        """The request's `response_format` compiled for its model (a 400 if it cannot be)."""
+        if request.params.response_format is None:
+            return None
+        loaded = request.loaded
+        assert loaded is not None
+        try:
+            return compile_response_format(
+                loaded.tokenizer,
+                request.params.response_format,
+                vocab_size=int(loaded.model.config.vocab_size),
+                eos_ids=loaded.eos_ids,
+            )
+        except ConstraintError as exc:
+            raise InvalidRequest(exc.message, param=exc.param) from None
 
     # -- decoding ------------------------------------------------------------------------------
 
@@ -207,7 +238,21 @@ class Scheduler:
             self._drop_finished(decode)
 
     def _choose(self, rows: list[Row], logits: torch.Tensor) -> None:
-        """Pick each row's next token (per prompt: its sampling, penalties and generator)."""
+        """Pick each row's next token (per prompt: its sampling, penalties and generator); a
+        row under a grammar picks only among the tokens it allows."""
+        for i, row in enumerate(rows):
+            bias = row.owner.request.params.logit_bias
+            if bias:
+                ids = torch.tensor([token for token, _ in bias], device=logits.device)
+                values = torch.tensor([value for _, value in bias], dtype=logits.dtype)
+                logits[i].index_add_(0, ids, values.to(logits.device))
+        constraints = [row.owner.constraint for row in rows]
+        if any(constraint is not None for constraint in constraints):
+            apply_constraints(logits, constraints)
+        reported = [
+            i for i, row in enumerate(rows) if row.owner.request.params.logprobs is not None
+        ]
+        logprobs = torch.log_softmax(logits[reported].float(), dim=-1) if reported else None
         greedy: list[int] | None = None
         by_prompt: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
@@ -224,7 +269,23 @@ class Scheduler:
                 tokens = prompt.choose(logits.index_select(0, index), positions)
             for i, token in zip(indices, tokens, strict=True):
                 rows[i].next_token = token
-                rows[i].owner.choice.accept(token)
+                rows[i].owner.choice.accept(
+                    token, self._logprob(rows[i], i, token, reported, logprobs)
+                )
+                constraint = rows[i].owner.constraint
+                if constraint is not None:
+                    constraint.accept(token)
+
+    @staticmethod
+    def _logprob(
+        row: Row, i: int, token: int, reported: list[int], logprobs: torch.Tensor | None
+    ) -> TokenLogprob | None:
+        top = row.owner.request.params.logprobs
+        if top is None or logprobs is None:
+            return None
+        loaded = row.owner.request.loaded
+        assert loaded is not None
+        return token_logprobs(loaded.tokenizer, logprobs[reported.index(i)], token, top)
 
     def _drop_finished(self, decode: DecodeBatch) -> None:
         keep = []
@@ -254,6 +315,20 @@ class Scheduler:
         if failure is not None:
             request.emit(failure)
         request.emit(DONE)
+
+
+def _check_logit_bias(request: Request) -> None:
+    """Token ids belong to one tokenizer: an id past this model's vocabulary is a 400."""
+    loaded = request.loaded
+    assert loaded is not None
+    size = int(loaded.model.config.vocab_size)
+    for token, _ in request.params.logit_bias:
+        if not 0 <= token < size:
+            raise InvalidRequest(
+                f"Invalid value for 'logit_bias': token id {token} is not in this model's "
+                f"vocabulary (0 to {size - 1}).",
+                param="logit_bias",
+            )
 
 
 def _prefill_chunks(rows: list[Row]) -> Iterator[list[Row]]:

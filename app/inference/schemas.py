@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from app.wire import OmitWhenNone
+
 MAX_N = 8
 MAX_STOP = 4
 
@@ -44,6 +46,8 @@ class _SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    # Checked by `sampling_options.logit_bias_of` (token ids against the model when admitted).
+    logit_bias: dict[str, Any] | None = None
     user: str | None = None  # accepted and ignored, as an end-user id for abuse tracking
 
     _stop = field_validator("stop")(_check_stop)
@@ -57,6 +61,13 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Checked by the service with `tuna_core.dataset.check_tools` (as training data's `tools`),
+    # so that an error names the exact field (`tools[0].function.name`).
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    # Checked by `sampling_options.response_format_of` (the schema itself by the engine).
+    response_format: dict[str, Any] | None = None
 
 
 def _text_prompt(value: Any) -> Any:
@@ -91,16 +102,30 @@ class CompletionUsage(BaseModel):
     total_tokens: int
 
 
-class ChatMessageOut(BaseModel):
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
+class ChatMessageOut(OmitWhenNone):
+    omit_when_none = frozenset({"tool_calls"})
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None  # left out when the model called no tool
 
 
 class ChatChoice(BaseModel):
     index: int
     message: ChatMessageOut
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None  # `sampling_options.chat_logprobs`, when asked
     finish_reason: str
 
 
@@ -118,7 +143,7 @@ class ChatCompletion(BaseModel):
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None  # `sampling_options.completion_logprobs`, when asked
     finish_reason: str
 
 

@@ -32,6 +32,13 @@ from app.files.storage import LocalStorage
 from app.fine_tuning.repository import FineTuningRepository
 from app.ids import random_token
 from app.inference.engine import InferenceEngine
+from app.inference.sampling_options import (
+    chat_logprobs,
+    chat_logprobs_of,
+    completion_logprobs,
+    logit_bias_of,
+    response_format_of,
+)
 from app.inference.schemas import (
     ChatChoice,
     ChatCompletion,
@@ -41,21 +48,32 @@ from app.inference.schemas import (
     CompletionChoice,
     CompletionRequest,
     CompletionUsage,
+    FunctionCallOut,
     ModelDeleted,
+    ToolCallOut,
     usage_dict,
 )
 from app.inference.types import (
     ChoiceFinished,
+    ChoiceText,
     GenerationEvent,
     ModelTarget,
     SamplingParams,
     Started,
     TextDelta,
+    ToolCallDelta,
+    Tools,
     Usage,
 )
 from app.orm import Project
 from tuna_core.base_models import DEFAULT_CONTEXT_LENGTH, UnknownBaseModel, get_base_model_info
-from tuna_core.dataset import ExampleError, check_request_messages, unpaired_surrogate
+from tuna_core.dataset import (
+    ExampleError,
+    check_request_messages,
+    check_tools,
+    check_unicode,
+    unpaired_surrogate,
+)
 from tuna_core.model_ids import is_fine_tuned_model_id
 
 # OpenAI parameters this server knows but does not implement: named in a clear 400.
@@ -64,19 +82,14 @@ UNSUPPORTED_PARAMS = frozenset(
         "audio",
         "function_call",
         "functions",
-        "logit_bias",
         "metadata",
         "modalities",
-        "parallel_tool_calls",
         "prediction",
         "prompt_cache_key",
         "reasoning_effort",
-        "response_format",
         "safety_identifier",
         "service_tier",
         "store",
-        "tool_choice",
-        "tools",
         "verbosity",
         "web_search_options",
     }
@@ -111,7 +124,7 @@ def _stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:
 
 
 def _sampling(
-    body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None
+    body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, **more: Any
 ) -> SamplingParams:
     if body.stream_options is not None and not body.stream:
         raise InvalidRequest(
@@ -127,6 +140,8 @@ def _sampling(
         seed=body.seed,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=logit_bias_of(body.logit_bias),
+        **more,
     )
 
 
@@ -144,26 +159,89 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
     try:
         return check_request_messages(body.messages)
     except ExampleError as exc:
-        if exc.reason == "missing":
-            message = f"Missing required parameter: '{exc.path}'."
-        else:
-            message = f"Invalid value for '{exc.path}': {exc.reason}."
-        raise InvalidRequest(message, param=exc.param) from None
+        raise _example_error(exc) from None
+
+
+def _example_error(exc: ExampleError) -> InvalidRequest:
+    if exc.reason == "missing":
+        message = f"Missing required parameter: '{exc.path}'."
+    else:
+        message = f"Invalid value for '{exc.path}': {exc.reason}."
+    return InvalidRequest(message, param=exc.param)
+
+
+MAX_TOOLS = 128  # OpenAI's limit
+TOOL_CHOICES = ("none", "auto", "required")
+
+
+def _bad_value(param: str, reason: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid value for '{param}': {reason}.", param=param)
+
+
+def chat_tools(body: ChatCompletionRequest) -> Tools | None:
+    """`tools`, `tool_choice` and `parallel_tool_calls`, checked as OpenAI checks them: tools as
+    training data's `tools` are (`tuna_core.dataset.check_tools`), a choice only with tools."""
+    if body.tools is None:
+        for param in ("tool_choice", "parallel_tool_calls"):
+            if getattr(body, param) is not None:
+                raise _bad_value(param, f"'{param}' is only allowed when 'tools' are specified")
+        return None
+    try:
+        check_tools(body.tools, "tools")
+        check_unicode(body.tools, "tools")
+    except ExampleError as exc:
+        raise _example_error(exc) from None
+    if len(body.tools) > MAX_TOOLS:
+        raise _bad_value("tools", f"at most {MAX_TOOLS} tools are allowed, got {len(body.tools)}")
+    definitions: list[dict[str, Any]] = body.tools
+    names = {tool["function"]["name"] for tool in definitions}
+    parallel = body.parallel_tool_calls is not False
+    choice = body.tool_choice
+    if choice is None:
+        return Tools(definitions, "auto", parallel=parallel)
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICES:
+            raise _bad_value(
+                "tool_choice", f"expected one of 'none', 'auto' or 'required', got {choice!r}"
+            )
+        return Tools(definitions, choice, parallel=parallel)  # type: ignore[arg-type]
+    kind = choice.get("type")
+    if kind != "function":
+        if kind in ("allowed_tools", "custom"):
+            raise InvalidRequest(
+                f"A 'tool_choice' of type '{kind}' is not supported by this server yet.",
+                param="tool_choice.type",
+            )
+        raise _bad_value("tool_choice.type", f"expected 'function', got {kind!r}")
+    function = choice.get("function")
+    if (
+        set(choice) != {"type", "function"}
+        or not isinstance(function, dict)
+        or set(function) != {"name"}
+        or not isinstance(function["name"], str)
+    ):
+        raise _bad_value(
+            "tool_choice",
+            'expected {"type": "function", "function": {"name": "<a tool\'s name>"}}',
+        )
+    name = str(function["name"])
+    if name not in names:
+        raise _bad_value("tool_choice", f"the function {name!r} is not one of the 'tools'")
+    return Tools(definitions, "function", function=name, parallel=parallel)
 
 
 def chat_params(body: ChatCompletionRequest) -> SamplingParams:
     _reject_extras(body.model_extra)
-    if body.logprobs:
-        raise _not_supported("logprobs")
-    if body.top_logprobs is not None:
-        raise _not_supported("top_logprobs")
-    return _sampling(body, body.max_completion_tokens or body.max_tokens)
+    return _sampling(
+        body,
+        body.max_completion_tokens or body.max_tokens,
+        logprobs=chat_logprobs_of(body.logprobs, body.top_logprobs),
+        response_format=response_format_of(body.response_format),
+    )
 
 
 def completion_params(body: CompletionRequest) -> SamplingParams:
     _reject_extras(body.model_extra)
-    if body.logprobs is not None:
-        raise _not_supported("logprobs")
     if body.suffix is not None:
         raise _not_supported("suffix")
     if body.best_of is not None and body.best_of != (body.n or 1):
@@ -173,7 +251,7 @@ def completion_params(body: CompletionRequest) -> SamplingParams:
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     for i, prompt in enumerate(prompts):
         _check_text(prompt, "prompt" if isinstance(body.prompt, str) else f"prompt[{i}]")
-    return _sampling(body, body.max_tokens)
+    return _sampling(body, body.max_tokens, logprobs=body.logprobs)
 
 
 def _sse(data: dict[str, Any] | str) -> str:
@@ -225,17 +303,26 @@ class InferenceService:
     ) -> ChatCompletion | AsyncIterator[str]:
         params = chat_params(body)
         messages = chat_messages(body)
+        tools = chat_tools(body)
         target = await run_in_threadpool(self.resolve, project, body.model)
         completion_id = "chatcmpl-" + random_token(29)
         created = int(time.time())
         if body.stream:
-            events = self.engine.stream_chat(target, messages, params)
+            events = self.engine.stream_chat(target, messages, params, tools)
             first = await _first(events)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            calling = tools is not None and tools.choice != "none"
             return _chat_stream(
-                first, events, completion_id, created, body.model, params.n, include_usage
+                first,
+                events,
+                completion_id,
+                created,
+                body.model,
+                params.n,
+                include_usage,
+                calling,
             )
-        result = await self.engine.chat(target, messages, params)
+        result = await self.engine.chat(target, messages, params, tools)
         return ChatCompletion(
             id=completion_id,
             created=created,
@@ -243,7 +330,8 @@ class InferenceService:
             choices=[
                 ChatChoice(
                     index=c.index,
-                    message=ChatMessageOut(content=c.text),
+                    message=_message(c),
+                    logprobs=chat_logprobs(c.logprobs) if params.logprobs is not None else None,
                     finish_reason=c.finish_reason,
                 )
                 for c in result.choices
@@ -287,6 +375,13 @@ class InferenceService:
                 CompletionChoice(
                     text=(prompts[c.index // params.n] if echo else "") + c.text,
                     index=c.index,
+                    logprobs=(
+                        completion_logprobs(
+                            c.logprobs, len(prompts[c.index // params.n]) if echo else 0
+                        )
+                        if params.logprobs is not None
+                        else None
+                    ),
                     finish_reason=c.finish_reason,
                 )
                 for c in result.choices
@@ -337,6 +432,16 @@ def _remove_folder(storage: LocalStorage, key: str) -> None:
             path.unlink()
 
 
+def _message(choice: ChoiceText) -> ChatMessageOut:
+    if not choice.tool_calls:
+        return ChatMessageOut(content=choice.text)
+    calls = [
+        ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
+        for c in choice.tool_calls
+    ]
+    return ChatMessageOut(content=choice.text or None, tool_calls=calls)
+
+
 async def _first(events: AsyncGenerator[GenerationEvent, None]) -> Started:
     """Wait until the request is running: queue-full, model and length errors raise here."""
     try:
@@ -378,8 +483,11 @@ async def _chat_stream(
     model: str,
     n: int,
     include_usage: bool,
+    calling: bool = False,
 ) -> AsyncIterator[str]:
-    """`chat.completion.chunk`s: role delta per choice, content deltas, finish, usage, [DONE]."""
+    """`chat.completion.chunk`s: role delta per choice, content and tool-call deltas, finish,
+    usage, [DONE].  While the model may call a tool (``calling``) the role delta's content is
+    null, as OpenAI's is: the answer may have no content at all."""
     # No `system_fingerprint`, as in `ChatCompletion`. `usage: null` on every chunk but the
     # usage one is what OpenAI documents for `stream_options.include_usage`.
     head: dict[str, Any] = {
@@ -391,16 +499,30 @@ async def _chat_stream(
     if include_usage:
         head["usage"] = None
 
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> str:
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(
+        index: int,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return _sse({**head, "choices": [choice]})
 
     try:
         for index in range(n):
-            yield chunk(index, {"role": "assistant", "content": "", "refusal": None})
+            content = None if calling else ""
+            yield chunk(index, {"role": "assistant", "content": content, "refusal": None})
         async for event in events:
             if isinstance(event, TextDelta):
-                yield chunk(event.index, {"content": event.text})
+                shown = chat_logprobs(event.logprobs) if event.logprobs else None
+                yield chunk(event.index, {"content": event.text}, logprobs=shown)
+            elif isinstance(event, ToolCallDelta):
+                call: dict[str, Any] = {"index": event.call}
+                if event.id is not None:
+                    call.update(id=event.id, type="function")
+                function = {} if event.name is None else {"name": event.name}
+                call["function"] = {**function, "arguments": event.arguments}
+                yield chunk(event.index, {"tool_calls": [call]})
             elif isinstance(event, ChoiceFinished):
                 yield chunk(event.index, {}, event.finish_reason)
             elif isinstance(event, Usage) and include_usage:
@@ -433,17 +555,24 @@ async def _completion_stream(
     if include_usage:
         head["usage"] = None
 
-    def chunk(index: int, text: str, finish: str | None = None) -> str:
-        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+    def chunk(
+        index: int, text: str, finish: str | None = None, logprobs: dict[str, Any] | None = None
+    ) -> str:
+        choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
         return _sse({**head, "choices": [choice]})
 
+    shown: dict[int, int] = {}  # characters each choice has shown, for `text_offset`
     try:
         if echo_prompts is not None:
             for index in range(len(echo_prompts) * n):
+                shown[index] = len(echo_prompts[index // n])
                 yield chunk(index, echo_prompts[index // n])
         async for event in events:
             if isinstance(event, TextDelta):
-                yield chunk(event.index, event.text)
+                offset = shown.get(event.index, 0)
+                shown[event.index] = offset + len(event.text)
+                logprobs = completion_logprobs(event.logprobs, offset) if event.logprobs else None
+                yield chunk(event.index, event.text, logprobs=logprobs)
             elif isinstance(event, ChoiceFinished):
                 yield chunk(event.index, "", event.finish_reason)
             elif isinstance(event, Usage) and include_usage:

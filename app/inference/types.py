@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 ModelKind = Literal["base", "lora", "full"]
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+ToolChoice = Literal["none", "auto", "required", "function"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,46 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    response_format: ResponseFormat | None = None  # None: free text
+    # Log-probabilities of the chosen tokens, with this many most likely alternatives each
+    # (0: the chosen token's only); None: none reported.
+    logprobs: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """Structured output: every choice is decoded under this grammar (`constraints`).
+
+    ``schema`` is the JSON schema as canonical JSON text (hashable; key order kept, since the
+    output follows it), or None for `json_object` (any JSON object).
+    """
+
+    schema: str | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class Tools:
+    """A chat request's tools: OpenAI's `tools`, `tool_choice` and `parallel_tool_calls`.
+
+    ``choice`` is "function" when `tool_choice` names one (``function``).
+    """
+
+    definitions: list[dict[str, Any]]
+    choice: ToolChoice = "auto"
+    function: str | None = None
+    parallel: bool = True
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(tool["function"]["name"] for tool in self.definitions)
+
+    def openai_choice(self) -> str | dict[str, Any]:
+        """`tool_choice` as OpenAI's request spells it."""
+        if self.choice == "function":
+            return {"type": "function", "function": {"name": self.function}}
+        return self.choice
 
 
 @dataclass(frozen=True)
@@ -51,9 +92,23 @@ class Started:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token as OpenAI's logprobs show it: its text, UTF-8 bytes, log-probability
+    and (``top``) the most likely tokens at that position, itself among them when it is one."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+    top: tuple[tuple[str, tuple[int, ...], float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
     index: int
     text: str
+    # The tokens this text came from (with `logprobs` asked): text is held back while it could
+    # still be a stop string, so a delta may carry tokens emitted earlier, or none.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,7 +127,26 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-GenerationEvent = Started | TextDelta | ChoiceFinished | Usage
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """Part of choice ``index``'s tool call number ``call``, as OpenAI streams it: the first
+    delta of a call carries its ``id`` and ``name``, the next ones pieces of ``arguments``."""
+
+    index: int
+    call: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+GenerationEvent = Started | TextDelta | ToolCallDelta | ChoiceFinished | Usage
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str = ""
 
 
 @dataclass
@@ -80,6 +154,8 @@ class ChoiceText:
     index: int
     text: str = ""
     finish_reason: str = "stop"
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # with `logprobs` asked
 
 
 @dataclass
@@ -94,7 +170,17 @@ async def collect(events: AsyncIterator[GenerationEvent]) -> GenerationResult:
     result = GenerationResult()
     async for event in events:
         if isinstance(event, TextDelta):
-            choices.setdefault(event.index, ChoiceText(event.index)).text += event.text
+            choice = choices.setdefault(event.index, ChoiceText(event.index))
+            choice.text += event.text
+            choice.logprobs += event.logprobs
+        elif isinstance(event, ToolCallDelta):
+            calls = choices.setdefault(event.index, ChoiceText(event.index)).tool_calls
+            if event.call >= len(calls):
+                calls.append(ToolCall(event.id or "", event.name or ""))
+            call = calls[event.call]
+            call.id = call.id or event.id or ""
+            call.name = call.name or event.name or ""
+            call.arguments += event.arguments
         elif isinstance(event, ChoiceFinished):
             choices.setdefault(
                 event.index, ChoiceText(event.index)

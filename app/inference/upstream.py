@@ -38,6 +38,9 @@ from app.inference.types import (
     SamplingParams,
     Started,
     TextDelta,
+    TokenLogprob,
+    ToolCallDelta,
+    Tools,
     Usage,
     collect,
 )
@@ -83,15 +86,28 @@ class UpstreamEngine:
     # -- the protocol --------------------------------------------------------------------------
 
     async def chat(
-        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
+        self,
+        target: ModelTarget,
+        messages: list[dict[str, Any]],
+        params: SamplingParams,
+        tools: Tools | None = None,
     ) -> GenerationResult:
-        async with aclosing(self.stream_chat(target, messages, params)) as events:
+        async with aclosing(self.stream_chat(target, messages, params, tools)) as events:
             return await collect(events)
 
     def stream_chat(
-        self, target: ModelTarget, messages: list[dict[str, Any]], params: SamplingParams
+        self,
+        target: ModelTarget,
+        messages: list[dict[str, Any]],
+        params: SamplingParams,
+        tools: Tools | None = None,
     ) -> AsyncGenerator[GenerationEvent, None]:
-        return self._stream("/chat/completions", target, {"messages": messages}, params)
+        payload: dict[str, Any] = {"messages": messages}
+        if tools is not None:  # the upstream renders and parses them (vLLM: a tool parser)
+            payload["tools"] = tools.definitions
+            payload["tool_choice"] = tools.openai_choice()
+            payload["parallel_tool_calls"] = tools.parallel
+        return self._stream("/chat/completions", target, payload, params)
 
     async def complete(
         self, target: ModelTarget, prompts: list[str], params: SamplingParams
@@ -205,6 +221,9 @@ class UpstreamEngine:
             "frequency_penalty": params.frequency_penalty or None,
             "stream": True,
             "stream_options": {"include_usage": True},
+            "logit_bias": {str(token): bias for token, bias in params.logit_bias} or None,
+            "response_format": _response_format(params),
+            **_logprobs_request(path, params),
         }
         body = {k: v for k, v in body.items() if v is not None}
         try:
@@ -237,20 +256,86 @@ def _events(chunk: dict[str, Any]) -> list[GenerationEvent]:
     events: list[GenerationEvent] = []
     for choice in chunk.get("choices") or []:
         index = int(choice.get("index", 0))
-        text = (
-            (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
-        )
-        if text:
-            events.append(TextDelta(index, text))
+        delta = choice.get("delta") or {}
+        text = delta.get("content") if "delta" in choice else choice.get("text")
+        logprobs = _logprobs(choice.get("logprobs"))
+        if text or logprobs:
+            events.append(TextDelta(index, text or "", logprobs))
+        for call in delta.get("tool_calls") or []:
+            function = call.get("function") or {}
+            events.append(
+                ToolCallDelta(
+                    index,
+                    int(call.get("index", 0)),
+                    id=call.get("id") or None,
+                    name=function.get("name") or None,
+                    arguments=function.get("arguments") or "",
+                )
+            )
         if choice.get("finish_reason"):
             reason = choice["finish_reason"]
-            events.append(ChoiceFinished(index, reason if reason in ("stop", "length") else "stop"))
+            known = reason in ("stop", "length", "tool_calls")
+            events.append(ChoiceFinished(index, reason if known else "stop"))
     usage = chunk.get("usage")
     if usage:
         events.append(
             Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
         )
     return events
+
+
+def _response_format(params: SamplingParams) -> dict[str, Any] | None:
+    """`response_format` as the upstream takes it (it enforces the schema itself)."""
+    fmt = params.response_format
+    if fmt is None:
+        return None
+    if fmt.schema is None:
+        return {"type": "json_object"}
+    schema = {"name": "response", "schema": json.loads(fmt.schema), "strict": fmt.strict}
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def _logprobs_request(path: str, params: SamplingParams) -> dict[str, Any]:
+    if params.logprobs is None:
+        return {}
+    if path.startswith("/chat"):
+        return {"logprobs": True, "top_logprobs": params.logprobs}
+    return {"logprobs": params.logprobs}
+
+
+def _logprobs(shown: Any) -> tuple[TokenLogprob, ...]:
+    """A chunk's `logprobs` (chat's `content` list or the completions' arrays) as ours."""
+    if not isinstance(shown, dict):
+        return ()
+    if isinstance(shown.get("content"), list):
+        return tuple(
+            TokenLogprob(
+                str(entry.get("token", "")),
+                tuple(entry.get("bytes") or str(entry.get("token", "")).encode()),
+                float(entry.get("logprob", 0.0)),
+                tuple(
+                    (
+                        str(alt.get("token", "")),
+                        tuple(alt.get("bytes") or str(alt.get("token", "")).encode()),
+                        float(alt.get("logprob", 0.0)),
+                    )
+                    for alt in entry.get("top_logprobs") or []
+                ),
+            )
+            for entry in shown["content"]
+        )
+    tokens = shown.get("tokens") or []
+    values = shown.get("token_logprobs") or []
+    tops = shown.get("top_logprobs") or [None] * len(tokens)
+    return tuple(
+        TokenLogprob(
+            str(token),
+            tuple(str(token).encode()),
+            float(value or 0.0),
+            tuple((str(t), tuple(str(t).encode()), float(v)) for t, v in (top or {}).items()),
+        )
+        for token, value, top in zip(tokens, values, tops, strict=False)
+    )
 
 
 def _upstream_error(status: int, text: str, headers: httpx.Headers) -> APIError:

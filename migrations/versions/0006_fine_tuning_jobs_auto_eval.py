@@ -24,7 +24,9 @@ def upgrade() -> None:
     with op.batch_alter_table("fine_tuning_jobs") as batch:
         batch.add_column(sa.Column("auto_eval", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("eval_id", sa.String(length=40), nullable=True))
-        batch.add_column(sa.Column("eval_reported_at", app.orm.base.UTCDateTime(timezone=True), nullable=True))
+        batch.add_column(
+            sa.Column("eval_reported_at", app.orm.base.UTCDateTime(timezone=True), nullable=True)
+        )
         batch.create_index("ix_fine_tuning_jobs_eval_id", ["eval_id"])
 
 

@@ -156,9 +156,7 @@ def test_auto_eval_is_on_with_a_validation_file(tenant: Tenant) -> None:
         extra_body={"auto_eval": {"max_items": 7}},
     )
     assert capped.to_dict()["auto_eval"] == {"enabled": True, "max_items": 7}
-    off = create(
-        client, training, validation_file=upload(client), extra_body={"auto_eval": False}
-    )
+    off = create(client, training, validation_file=upload(client), extra_body={"auto_eval": False})
     assert off.to_dict()["auto_eval"] == {"enabled": False, "max_items": 100}
     listed = {job.id: job.to_dict()["auto_eval"] for job in client.fine_tuning.jobs.list()}
     assert listed[capped.id] == {"enabled": True, "max_items": 7}

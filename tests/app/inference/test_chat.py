@@ -163,10 +163,13 @@ def test_content_parts_and_roles(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"logit_bias": {"1": 5}}, "logit_bias"),
-        ({"logprobs": True}, "logprobs"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"response_format": {"type": "json_object", "x": 1}}, "response_format.x"),
+        ({"logit_bias": {"1": 500}}, "logit_bias"),
+        ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+        ({"audio": {"voice": "alloy"}}, "audio"),
         ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"n": 99}, "n"),

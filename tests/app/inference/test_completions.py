@@ -65,7 +65,8 @@ def test_streamed_completion_matches(client: openai.OpenAI) -> None:
     ("extra", "param"),
     [
         ({"suffix": "end"}, "suffix"),
-        ({"logprobs": 2}, "logprobs"),
+        ({"logprobs": 6}, "logprobs"),  # OpenAI's most is 5
+        ({"logit_bias": {"x": 1}}, "logit_bias"),
         ({"best_of": 3}, "best_of"),
         ({"prompt": [1, 2, 3]}, "prompt"),
         ({"prompt": [[1, 2], [3]]}, "prompt"),

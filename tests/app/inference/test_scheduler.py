@@ -6,10 +6,13 @@ batch (joining late, beside other adapters, the base, other lengths) gives what 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
+import jsonschema_rs
 import pytest
 
 from app.inference.engine import Done, Failed, Request
@@ -18,6 +21,7 @@ from app.inference.scheduler import Scheduler
 from app.inference.types import (
     ChoiceFinished,
     ModelTarget,
+    ResponseFormat,
     SamplingParams,
     Started,
     TextDelta,
@@ -277,3 +281,111 @@ def test_a_model_in_use_is_not_evicted_under_its_rows(model_folders: ModelFolder
     assert a.target.model_id not in small.stats()["cached"]  # gone with its last row
     assert b_events.done
     assert a_events.texts() == alone(small, lora(model_folders, "a"), "Hello")[0]
+
+
+# -- structured output ------------------------------------------------------------------------
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "unit": {"enum": ["celsius", "kelvin"]},
+        "ok": {"type": "boolean"},
+        "days": {"type": "integer", "minimum": 1, "maximum": 9},
+    },
+    "required": ["unit", "ok", "days"],
+    "additionalProperties": False,
+}
+
+
+def structured(schema: dict[str, Any] | None, **changes: Any) -> SamplingParams:
+    fmt = ResponseFormat(json.dumps(schema) if schema is not None else None, strict=True)
+    return replace(SamplingParams(max_tokens=60, temperature=0), response_format=fmt, **changes)
+
+
+def test_a_response_format_holds_every_choice_to_its_schema(cache: ModelCache) -> None:
+    validator = jsonschema_rs.validator_for(WEATHER)
+    sched = scheduler(cache)
+    greedy, greedy_events = request(base(), "Weather?", structured(WEATHER))
+    sampled, sampled_events = request(
+        base(), "Weather, twice?", structured(WEATHER, temperature=1.0, n=2, seed=5)
+    )
+    anything, anything_events = request(base(), "Any object", structured(None))
+    free, free_events = request(base(), "Weather?")
+    sched.waiting.extend([greedy, sampled, anything, free])
+    run(sched)
+    # The random tiny model would never write this JSON by itself: the grammar makes it.
+    for events, n in ((greedy_events, 1), (sampled_events, 2)):
+        assert events.finishes() == dict.fromkeys(range(n), "stop")
+        for text in events.texts().values():
+            assert validator.is_valid(json.loads(text)), text
+    # Any object: its free strings may outrun max_tokens ("length", cut JSON, as OpenAI's).
+    text = anything_events.texts()[0]
+    if anything_events.finishes()[0] == "stop":
+        assert isinstance(json.loads(text), dict)
+    else:
+        assert text.startswith("{") and anything_events.finishes()[0] == "length"
+    # A free row beside them answers as it does alone.
+    assert (free_events.texts(), free_events.finishes()) == alone(cache, base(), "Weather?")
+
+
+def test_a_schema_the_grammar_cannot_enforce_fails_before_the_first_token(
+    cache: ModelCache,
+) -> None:
+    schema = {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}
+    req, events = request(base(), "Numbers", structured(schema))
+    sched = scheduler(cache)
+    sched.waiting.append(req)
+    run(sched)
+    assert not any(isinstance(e, Started) for e in events.items)
+    (failed,) = [e for e in events.items if isinstance(e, Failed)]
+    assert failed.error.param == "response_format.json_schema.schema"
+    assert "uniqueItems" in failed.error.message
+
+
+# -- logprobs and logit_bias -------------------------------------------------------------------
+
+
+def test_logprobs_report_each_generated_token_with_its_alternatives(cache: ModelCache) -> None:
+    params = SamplingParams(max_tokens=6, temperature=0, logprobs=3)
+    req, events = request(base(), "The cat sat on", params)
+    sched = scheduler(cache)
+    sched.waiting.append(req)
+    run(sched)
+    deltas = [e for e in events.items if isinstance(e, TextDelta)]
+    tokens = [lp for delta in deltas for lp in delta.logprobs]
+    usage = events.usage()
+    assert usage is not None
+    eos = 1 if events.finishes()[0] == "stop" else 0
+    assert len(tokens) == usage.completion_tokens - eos
+    assert "".join(t.token for t in tokens) == events.texts()[0]
+    for token in tokens:
+        assert token.logprob <= 0.0
+        assert len(token.top) == 3
+        assert [lp for *_, lp in token.top] == sorted((lp for *_, lp in token.top), reverse=True)
+        # Greedy: the chosen token is the most likely one.
+        assert (token.token, token.logprob) == (token.top[0][0], token.top[0][2])
+        assert bytes(token.bytes).decode() == token.token
+    # The same request without logprobs gives the same text.
+    assert (
+        events.texts() == alone(cache, base(), "The cat sat on", replace(params, logprobs=None))[0]
+    )
+
+
+def test_logit_bias_steers_the_choice_and_a_bad_id_is_refused(cache: ModelCache) -> None:
+    first = alone(cache, base(), "Hello", SamplingParams(max_tokens=1, temperature=0))[0][0]
+    tokenizer = cache.acquire(base()).tokenizer
+    cache.release(TINY)
+    banned = tokenizer(first, add_special_tokens=False)["input_ids"][0]
+    forced = tokenizer(" zebra", add_special_tokens=False)["input_ids"][0]
+    params = SamplingParams(max_tokens=3, temperature=0, logit_bias=((forced, 100.0),))
+    texts, _ = alone(cache, base(), "Hello", params)
+    assert texts[0].startswith(tokenizer.decode([forced]))
+    params = SamplingParams(max_tokens=1, temperature=0, logit_bias=((banned, -100.0),))
+    assert alone(cache, base(), "Hello", params)[0][0] != first
+
+    req, events = request(base(), "Hello", SamplingParams(logit_bias=((10**9, 1.0),)))
+    sched = scheduler(cache)
+    sched.waiting.append(req)
+    run(sched)
+    (failed,) = [e for e in events.items if isinstance(e, Failed)]
+    assert failed.error.param == "logit_bias"
