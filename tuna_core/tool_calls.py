@@ -70,6 +70,46 @@ def prefill(choice: str, function: str | None = None) -> str:
     return ""
 
 
+def forced_call_grammar(
+    definitions: list[dict[str, Any]],
+    choice: str,
+    function: str | None = None,
+    json_options: dict[str, Any] | None = None,
+) -> str | None:
+    """What may follow `prefill` so that the call is complete and valid, as a Lark grammar (the
+    syntax llguidance reads): the arguments JSON under the tool's ``parameters``, then the
+    block's end; None where nothing is forced.
+
+    It continues the prefill exactly as `format_tool_call` writes a call: for ``"required"``
+    one of the tools' names, then its arguments; for a named function, its arguments.
+    ``json_options``: the grammar library's JSON layout options, set on each schema
+    (``x-guidance``), so the arguments are written as `format_tool_call` writes them.
+    """
+
+    def literal(text: str) -> str:  # a Lark string: JSON's quoting and escapes
+        return json.dumps(text, ensure_ascii=False)
+
+    def arguments(fn: dict[str, Any]) -> str:
+        schema = dict(fn.get("parameters") or {"type": "object"})
+        if json_options:
+            schema["x-guidance"] = json_options
+        return json.dumps(schema, ensure_ascii=False)
+
+    end = literal(f"}}\n{CLOSE}")
+    functions = [tool["function"] for tool in definitions]
+    if choice == "function" and function is not None:
+        (fn,) = [fn for fn in functions if fn["name"] == function]
+        return f"start: {literal(' ')} args {end}\nargs: %json {arguments(fn)}\n"
+    if choice != "required":
+        return None
+    lines = ["start: " + " | ".join(f"call{i}" for i in range(len(functions)))]
+    for i, fn in enumerate(functions):
+        head = literal(fn["name"] + '", "arguments": ')
+        lines.append(f"call{i}: {head} args{i} {end}")
+        lines.append(f"args{i}: %json {arguments(fn)}")
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True)
 class ParsedCall:
     name: str

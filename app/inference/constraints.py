@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from app.inference.types import ResponseFormat
+from tuna_core.tool_calls import forced_call_grammar
 
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
@@ -87,7 +88,7 @@ class ConstraintError(ValueError):
 class CompiledGrammar:
     """A validated grammar for one tokenizer: make one ``RowConstraint`` per decoding row."""
 
-    kind: Literal["json_object", "json_schema"]
+    kind: Literal["json_object", "json_schema", "tool_call"]
     key: str  # the cache key: kind, strictness and the schema's canonical JSON
     compiler: GrammarCompiler = field(repr=False, compare=False)
     _prototype: Any = field(repr=False, compare=False)  # an llguidance.LLMatcher at the start
@@ -154,13 +155,40 @@ class GrammarCompiler:
             grammar = llguidance.LLMatcher.grammar_from_json_schema(document, overrides=options)
         except (ValueError, TypeError) as exc:
             raise ConstraintError(f"Invalid schema in {SCHEMA_PARAM}: {exc}") from None
+        return self._store(kind, key, grammar, SCHEMA_PARAM)
+
+    def compile_tool_call(
+        self, definitions: list[dict[str, Any]], choice: str, function: str | None
+    ) -> CompiledGrammar:
+        """The rest of a forced call after `tuna_core.tool_calls.prefill` (``tool_choice``
+        "required", or a named function): a tool's name and arguments valid under its
+        ``parameters`` (keywords the grammar cannot enforce are ignored), then the block's end."""
+        options = {**_JSON_OPTIONS, "lenient": True}
+        lark = forced_call_grammar(definitions, choice, function, json_options=dict(options))
+        if lark is None:
+            raise ValueError(f"tool_choice {choice!r} forces no call")
+        key = f"tool_call:{lark}"
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        except (ValueError, TypeError) as exc:
+            raise ConstraintError(f"Invalid tool parameters: {exc}", param="tools") from None
+        return self._store("tool_call", key, grammar, "tools")
+
+    def _store(self, kind: Any, key: str, grammar: str, param: str) -> CompiledGrammar:
+        """Validate a grammar for this tokenizer and keep it in the cache."""
+        where = SCHEMA_PARAM if param == SCHEMA_PARAM else "the tools' parameters"
         error = llguidance.LLMatcher.validate_grammar(grammar, self._tokenizer)
         if error:
-            raise ConstraintError(f"Invalid schema in {SCHEMA_PARAM}: {_readable(error)}")
+            raise ConstraintError(f"Invalid schema in {where}: {_readable(error)}", param=param)
         prototype = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0)
         if prototype.is_error():
             raise ConstraintError(
-                f"Invalid schema in {SCHEMA_PARAM}: {_readable(prototype.get_error())}"
+                f"Invalid schema in {where}: {_readable(prototype.get_error())}", param=param
             )
         compiled = CompiledGrammar(kind, key, self, prototype)
         with self._lock:
@@ -441,6 +469,9 @@ def compile_response_format(
 ) -> CompiledGrammar:
     """A request's `response_format` compiled for the model that answers it (cached)."""
     compiler = compiler_for(tokenizer, vocab_size=vocab_size, eos_ids=eos_ids)
+    if response_format.kind == "tool_call":
+        spec = json.loads(response_format.schema or "{}")
+        return compiler.compile_tool_call(spec["tools"], spec["choice"], spec.get("function"))
     if response_format.schema is None:
         return compiler.compile_json_object()
     return compiler.compile_json_schema(

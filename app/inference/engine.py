@@ -22,13 +22,14 @@ whose first item is `Started` (errors before it are ordinary JSON errors).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import queue
 import threading
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,6 +40,7 @@ from app.inference.types import (
     GenerationEvent,
     GenerationResult,
     ModelTarget,
+    ResponseFormat,
     SamplingParams,
     TextDelta,
     ToolCallDelta,
@@ -196,6 +198,16 @@ class LocalEngine:
         # tool_choice "none": the tools are not shown, and nothing is parsed.
         active = tools if tools is not None and tools.choice != "none" else None
         forced = prefill(active.choice, active.function) if active is not None else ""
+        if forced and active is not None:
+            # The rest of the call is decoded under a grammar: a known name, valid arguments.
+            spec: dict[str, Any] = {
+                "tools": active.definitions,
+                "choice": active.choice,
+                "function": active.function,
+            }
+            params = replace(
+                params, response_format=ResponseFormat(json.dumps(spec), kind="tool_call")
+            )
 
         def encode(tokenizer: Any) -> list[list[int]]:
             definitions = active.definitions if active is not None else None

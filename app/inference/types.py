@@ -53,12 +53,15 @@ class SamplingParams:
 class ResponseFormat:
     """Structured output: every choice is decoded under this grammar (`constraints`).
 
-    ``schema`` is the JSON schema as canonical JSON text (hashable; key order kept, since the
-    output follows it), or None for `json_object` (any JSON object).
+    ``kind`` "json": ``schema`` is the JSON schema as canonical JSON text (hashable; key order
+    kept, since the output follows it), or None for `json_object` (any JSON object).
+    ``kind`` "tool_call": a forced tool call (``tool_choice`` "required" or named) after its
+    prefill; ``schema`` is ``{"tools", "choice", "function"}`` as JSON text.
     """
 
     schema: str | None = None
     strict: bool = False
+    kind: Literal["json", "tool_call"] = "json"
 
 
 @dataclass(frozen=True)

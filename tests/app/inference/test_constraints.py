@@ -375,3 +375,44 @@ def test_fill_mask_checks_its_buffer(compiler: GrammarCompiler) -> None:
 def _no_leaked_grad() -> Iterator[None]:
     with torch.no_grad():
         yield
+
+
+# -- forced tool calls ---------------------------------------------------------------------------
+
+TOOL_DEFS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    },
+    {"type": "function", "function": {"name": "get_time"}},
+]
+
+
+def feed(constraint: Any, tokenizer: Any, text: str) -> bool:
+    return all(
+        constraint.accept(token) for token in tokenizer(text, add_special_tokens=False)["input_ids"]
+    )
+
+
+@pytest.mark.parametrize(("choice", "function"), [("required", None), ("function", "get_weather")])
+def test_a_forced_call_continues_the_prefill_as_training_writes_calls(
+    tokenizer: Any, compiler: GrammarCompiler, choice: str, function: str | None
+) -> None:
+    from tuna_core.tool_calls import format_tool_call, prefill
+
+    written = format_tool_call("get_weather", {"city": "Paris"})
+    rest = written[len(prefill(choice, function)) :]
+    compiled = compiler.compile_tool_call(TOOL_DEFS, choice, function)
+    constraint = compiled.constraint()
+    assert feed(constraint, tokenizer, rest) and constraint.is_complete()
+    # Another tool's name, or arguments missing a required field, are not allowed.
+    if choice == "required":
+        assert not feed(compiled.constraint(), tokenizer, 'get_wind", "arguments": {}}')
+    assert not feed(compiled.constraint(), tokenizer, rest.replace('"city"', '"town"'))

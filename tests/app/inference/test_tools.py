@@ -4,8 +4,8 @@ A random tiny model does not write tool calls, so most tests here serve `Scripte
 local engine with its decoding replaced by a scripted answer (streamed a few characters at a
 time), everything else real: the prompt is rendered by the engine (and recorded), and the text
 goes through the engine's tool-call parsing, the service and the wire.  The tiny model itself
-checks the prefill reaches the real decoder; a model that really learned to call tools is
-tests/app/inference/test_tool_learning.py (slow).
+checks that the prefill and the grammar completing a forced call reach the real decoder; a
+model that really learned to call tools is tests/app/inference/test_tool_learning.py (slow).
 """
 
 from __future__ import annotations
@@ -455,9 +455,28 @@ def test_the_upstream_engine_forwards_tools_and_maps_calls_back(
 # -- the real decoder ----------------------------------------------------------------------
 
 
+UNIT_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "set_unit",
+        "parameters": {
+            "type": "object",
+            "properties": {"unit": {"enum": ["celsius", "kelvin"]}, "days": {"type": "boolean"}},
+            "required": ["unit", "days"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
 @pytest.mark.parametrize("server", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("choice", ["required", "get_time"])
-def test_the_prefill_reaches_the_model(client: openai.OpenAI, tokenizer: Any, choice: str) -> None:
+@pytest.mark.parametrize("choice", ["required", "set_unit", "get_time"])
+def test_a_forced_call_is_decoded_complete_and_valid(
+    client: openai.OpenAI, tokenizer: Any, choice: str
+) -> None:
+    """The prefill opens the call; a grammar makes the random tiny model finish it: a known
+    name, arguments valid under the tool's parameters, the block closed."""
+    tools = [UNIT_TOOL, TIME_TOOL]
     tool_choice: Any = choice
     forced = prefill("required")
     if choice != "required":
@@ -466,18 +485,26 @@ def test_the_prefill_reaches_the_model(client: openai.OpenAI, tokenizer: Any, ch
     reply = client.chat.completions.create(
         model=TINY,
         messages=QUESTION,  # type: ignore[arg-type]
-        tools=TOOLS,  # type: ignore[arg-type]
+        tools=tools,  # type: ignore[arg-type]
         tool_choice=tool_choice,
-        max_tokens=8,
-        temperature=0,
+        max_tokens=60,
+        temperature=0.8,
+        seed=3,
     )
-    prompt = render_prompt(tokenizer, QUESTION, TOOLS) + forced
+    prompt = render_prompt(tokenizer, QUESTION, tools) + forced
     expected = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     assert reply.usage is not None and reply.usage.prompt_tokens == expected
-    message = reply.choices[0].message
-    # A random model does not finish the call: its text, the prefill in front, is the content.
-    assert message.tool_calls is None
-    assert message.content is not None and message.content.startswith(forced)
+    (answer,) = reply.choices
+    assert answer.finish_reason == "tool_calls"
+    (call,) = answer.message.tool_calls or []
+    if choice != "required":
+        assert call.function.name == choice
+    arguments = json.loads(call.function.arguments)
+    if call.function.name == "set_unit":
+        assert arguments["unit"] in ("celsius", "kelvin") and isinstance(arguments["days"], bool)
+        assert set(arguments) == {"unit", "days"}
+    else:
+        assert call.function.name == "get_time" and isinstance(arguments, dict)
 
 
 def test_vllm_style_fragments_are_collected() -> None:
