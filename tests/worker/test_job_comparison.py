@@ -9,6 +9,7 @@ eval and its runs are ordinary Evals API objects; a job that opts out gets none.
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from typing import Any
@@ -115,3 +116,29 @@ def test_a_job_that_opts_out_gets_no_comparison(
     assert done.to_dict()["eval"] is None
     assert not any("evaluation" in e.message.lower() for e in all_events(client, job.id))
     assert not [e for e in client.evals.list() if (e.metadata or {}).get("fine_tuning_job")]
+
+
+def test_a_validation_set_with_nothing_to_compare_is_skipped_with_a_warning(
+    client: openai.OpenAI, worker: WorkerProcess
+) -> None:
+    """Prompt/completion lines are no chat: the job succeeds and says why it compared nothing."""
+    lines = [{"prompt": f"{i} plus {i} is", "completion": f" {2 * i}"} for i in range(12)]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    files = [
+        client.files.create(file=(name, io.BytesIO(data)), purpose="fine-tune").id
+        for name in ("train.jsonl", "valid.jsonl")
+    ]
+    job = client.fine_tuning.jobs.create(
+        model="tuna-tiny-test",
+        training_file=files[0],
+        validation_file=files[1],
+        seed=5,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+    )
+    assert job.to_dict()["auto_eval"]["enabled"] is True
+    done = wait_for(client, job.id, TERMINAL)
+    assert done.status == "succeeded", done.error
+    assert done.to_dict()["eval"] is None
+    (skipped,) = [e for e in all_events(client, job.id) if "automatic evaluation" in e.message]
+    assert skipped.level == "warn"
+    assert "no validation example ends in a text answer" in skipped.message
