@@ -92,6 +92,27 @@ class Settings(BaseSettings):
         default=False, description="Expose the tiny random test model as a base model"
     )
 
+    # Webhooks (see docs/webhooks.md).
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long one webhook POST may take"
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, description="Attempts of one delivery before it is marked failed"
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Wait after a delivery's first failed attempt; doubled after each next "
+        "one, at most webhook_retry_max_seconds",
+    )
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often each worker looks for due webhook deliveries (besides the "
+        "message sent after each event)",
+    )
+
     # Inference (see docs/inference.md).
     inference_backend: Literal["local", "upstream"] = "local"
     inference_device: Device = "auto"

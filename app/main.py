@@ -22,6 +22,8 @@ from app.fine_tuning.queue import JobQueue
 from app.inference.endpoints import models_router as inference_models_router
 from app.inference.endpoints import router as inference_router
 from app.inference.engine import create_engine as create_inference_engine
+from app.webhooks.endpoints import router as webhooks_router
+from app.webhooks.outbox import install_nudge
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,12 +46,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db = database
     app.state.storage = LocalStorage(settings.resolved_storage_dir)
     app.state.job_queue = _job_queue(settings)
+    install_nudge(database, lambda: app.state.job_queue.nudge_webhooks())
     app.state.inference = create_inference_engine(settings, app.state.storage)
     app.state.rate_limiter = make_rate_limiter(settings)
     install_error_handlers(app)
     app.include_router(files_router)
     app.include_router(fine_tuning_router)
     app.include_router(evals_router)
+    app.include_router(webhooks_router)
     app.include_router(catalog_router)
     app.include_router(inference_router)
     app.include_router(inference_models_router)

@@ -15,6 +15,8 @@ from app.config import Settings, get_settings
 RUN_JOB_TASK = "tuna.run_job"
 # An eval run's id (`app/evals`); the run must be committed `queued` before it is sent.
 RUN_EVAL_TASK = "tuna.run_eval"
+# No arguments: post every due webhook delivery (`worker.webhooks`); sent after an event commits.
+DELIVER_WEBHOOKS_TASK = "tuna.deliver_webhooks"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -62,3 +64,6 @@ class CeleryJobQueue:
 
     def enqueue_eval_run(self, run_id: str) -> None:
         self.celery.send_task(RUN_EVAL_TASK, args=[run_id], queue=self.queue)
+
+    def nudge_webhooks(self) -> None:
+        self.celery.send_task(DELIVER_WEBHOOKS_TASK, queue=self.queue)

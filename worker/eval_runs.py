@@ -49,6 +49,8 @@ from app.inference.types import GenerationResult, ModelTarget, SamplingParams
 from app.orm import EvalOutputItem, EvalRun, Project
 from app.orm.base import utcnow
 from app.sync import run_to_completion
+from app.webhooks import events as webhook_events
+from app.webhooks.outbox import emit
 from tuna_core.dataset import ExampleError, check_request_messages
 from tuna_core.evals import (
     GradeResult,
@@ -363,7 +365,7 @@ class EvalRunner:
             rows = evals.run_output_items(plan.run_id)
             names = [str(c.get("name")) for c in plan.criteria]
             totals = summarize(names, (_grades_of(row) for row in rows))
-            evals.move_run(
+            moved = evals.move_run(
                 plan.run_id,
                 COMPLETED,
                 only_from={IN_PROGRESS},
@@ -374,6 +376,9 @@ class EvalRunner:
                 finished_at=utcnow(),
                 lease_expires_at=None,
             )
+            run = evals.reload_run(plan.run_id) if moved else None
+            if run is not None:
+                emit(session, run.project_id, webhook_events.EVAL_RUN_SUCCEEDED, run.id)
             job_comparison.report_if_finished(session, plan.eval_id)
 
     def _fail(self, run_id: str, code: str, message: str) -> None:
@@ -391,6 +396,7 @@ class EvalRunner:
             ):
                 run = evals.reload_run(run_id)
                 if run is not None:
+                    emit(session, run.project_id, webhook_events.EVAL_RUN_FAILED, run_id)
                     job_comparison.report_if_finished(session, run.eval_id)
 
 

@@ -18,6 +18,8 @@ from app.fine_tuning.repository import FineTuningRepository
 from app.fine_tuning.schemas import CHECKPOINT_METRICS
 from app.fine_tuning.state import JobStatus
 from app.orm.base import utcnow
+from app.webhooks import events as webhook_events
+from app.webhooks.outbox import emit
 from tuna_core.model_ids import checkpoint_model_id
 from worker.training import ResolvedHyperparameters
 from worker.training.callbacks import StopRequest
@@ -110,6 +112,7 @@ class JobCallbacks:
                 base_model=self.plan.base_model,
             )
             jobs.add_event(self.job_id, f"Checkpoint created at step {step}: {model_id}")
+            emit(session, job.project_id, webhook_events.JOB_CHECKPOINT_CREATED, self.job_id)
 
     def on_checkpoint_deleted(self, step: int, path: Path) -> None:
         with self.db.session_scope() as session:

@@ -12,6 +12,9 @@ Eval runs (`app/evals`) are watched the same three ways when the reconciler is g
 `send_eval_run`: an expired lease puts an in-progress run back to `queued` (the next attempt
 skips the items already written), and queued runs without a known message are sent.
 
+Given `deliver_webhooks`, each pass also posts the webhook deliveries that are due (the
+outbox of `app.webhooks`), so none waits on a message that was lost.
+
 A job's right to be sent is taken with a conditional UPDATE of `enqueued_at`, so of several
 workers' reconcilers only one sends an unsent job; a broker's loss is reported to one reconciler
 only (`BrokerMemory`). A duplicate message is harmless anyway: claims are atomic.
@@ -45,10 +48,12 @@ class Reconciler:
         grace: timedelta = UNSENT_GRACE,
         *,
         send_eval_run: Callable[[str], None] | None = None,
+        deliver_webhooks: Callable[[], object] | None = None,
     ) -> None:
         self.db = database
         self.send = send
         self.send_eval_run = send_eval_run
+        self.deliver_webhooks = deliver_webhooks
         self.memory = memory or NoMemory()
         self.grace = grace
 
@@ -94,6 +99,11 @@ class Reconciler:
             sent.append(job_id)
         if self.send_eval_run is not None:
             sent += self._send_eval_runs(self.send_eval_run, now, resend_waiting)
+        if self.deliver_webhooks is not None:
+            try:
+                self.deliver_webhooks()
+            except Exception:
+                logger.warning("webhook delivery failed; the next pass retries", exc_info=True)
         return sent
 
     def _send_eval_runs(

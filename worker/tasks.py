@@ -21,13 +21,29 @@ from app.config import get_settings
 from app.db import Database
 from app.files.storage import LocalStorage
 from app.inference.engine import InferenceEngine, create_engine
+from app.webhooks.outbox import install_nudge
 from worker.broker_memory import broker_memory
-from worker.celery_app import RUN_EVAL_TASK, RUN_JOB_TASK, CeleryJobQueue, celery_app
+from worker.celery_app import (
+    DELIVER_WEBHOOKS_TASK,
+    RUN_EVAL_TASK,
+    RUN_JOB_TASK,
+    CeleryJobQueue,
+    celery_app,
+)
 from worker.eval_runs import EvalRunner
 from worker.reconciler import Reconciler
 from worker.runner import JobRunner
+from worker.webhooks import WebhookDeliverer
 
 logger = logging.getLogger("tuna.worker")
+
+
+def _database() -> Database:
+    """A database whose sessions nudge webhook delivery after committing an event."""
+    settings = get_settings()
+    database = Database(settings.resolved_database_url)
+    install_nudge(database, CeleryJobQueue(settings, celery_app).nudge_webhooks)
+    return database
 
 
 @lru_cache
@@ -35,7 +51,7 @@ def _runner() -> JobRunner:
     settings = get_settings()
     return JobRunner(
         settings=settings,
-        database=Database(settings.resolved_database_url),
+        database=_database(),
         storage=LocalStorage(settings.resolved_storage_dir),
         worker_id=f"{socket.gethostname()}:{os.getpid()}",
         eval_queue=CeleryJobQueue(settings, celery_app),
@@ -59,7 +75,7 @@ def _eval_runner() -> EvalRunner:
     settings = get_settings()
     return EvalRunner(
         settings=settings,
-        database=Database(settings.resolved_database_url),
+        database=_database(),
         storage=LocalStorage(settings.resolved_storage_dir),
         worker_id=f"{socket.gethostname()}:{os.getpid()}",
         engine=_engine,
@@ -69,6 +85,27 @@ def _eval_runner() -> EvalRunner:
 @celery_app.task(name=RUN_EVAL_TASK, acks_late=True, reject_on_worker_lost=True)
 def run_eval(run_id: str) -> None:
     _eval_runner().run(run_id)
+
+
+@lru_cache
+def _deliverer() -> WebhookDeliverer:
+    settings = get_settings()
+    return WebhookDeliverer(settings, Database(settings.resolved_database_url))
+
+
+@celery_app.task(name=DELIVER_WEBHOOKS_TASK, acks_late=True)
+def deliver_webhooks() -> None:
+    _deliverer().deliver_due()
+
+
+def _deliver_forever(deliverer: WebhookDeliverer, every_seconds: float) -> None:
+    """Besides the message sent after each event: a pool busy training cannot run that task."""
+    while True:
+        time.sleep(every_seconds)
+        try:
+            deliverer.deliver_due()
+        except Exception:
+            logger.warning("webhook delivery pass failed", exc_info=True)
 
 
 def _reconcile_forever(reconciler: Reconciler, every_seconds: float) -> None:
@@ -86,11 +123,14 @@ def _start_reconciler(**_: object) -> None:
     and a worker that died mid-validation holds no lease); then keep watching."""
     settings = get_settings()
     queue = CeleryJobQueue(settings, celery_app)
+    database = Database(settings.resolved_database_url)
+    deliverer = WebhookDeliverer(settings, database)
     reconciler = Reconciler(
-        Database(settings.resolved_database_url),
+        database,
         queue.enqueue,
         broker_memory(settings),
         send_eval_run=queue.enqueue_eval_run,
+        deliver_webhooks=deliverer.deliver_due,
     )
     reconciler.run_once(resend_waiting=True)
     threading.Thread(
@@ -98,4 +138,10 @@ def _start_reconciler(**_: object) -> None:
         args=(reconciler, settings.job_lease_seconds / 2),
         daemon=True,
         name="tuna-reconciler",
+    ).start()
+    threading.Thread(
+        target=_deliver_forever,
+        args=(deliverer, settings.webhook_poll_seconds),
+        daemon=True,
+        name="tuna-webhooks",
     ).start()

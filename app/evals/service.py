@@ -44,6 +44,8 @@ from app.orm import Eval, EvalOutputItem, EvalRun, Project
 from app.orm.base import utcnow
 from app.pagination import Order, Page
 from app.quotas import hold_project
+from app.webhooks import events as webhook_events
+from app.webhooks.outbox import emit
 from tuna_core.evals import (
     GraderConfigError,
     check_criterion,
@@ -421,6 +423,7 @@ class EvalService:
         reloaded = self.evals.reload_run(run.id)
         assert reloaded is not None
         if moved:
+            emit(self.session, run.project_id, webhook_events.EVAL_RUN_CANCELED, run.id)
             # A job's comparison reports when its last run ends, a canceled one included.
             job_comparison.report_if_finished(self.session, run.eval_id)
         if not moved:

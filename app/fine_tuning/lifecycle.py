@@ -6,6 +6,8 @@ fail) and the reconciler (a lost worker's job back to the queue) move jobs only 
 whoever makes it.  Each move is `state.transition`'s conditional UPDATE: of two racing movers
 exactly one moves the job and writes the event; the other gets False (the worker) or a 400
 naming the status it found (the API).  Nothing here commits: the caller's edge does.
+A move that a webhook tells of (start, succeed, fail, cancel) emits it here, in the same
+transaction (`app.webhooks.outbox`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from app.fine_tuning.repository import FineTuningRepository
 from app.fine_tuning.state import JobStatus, sources_of, transition
 from app.orm import FineTuningJob
 from app.orm.base import utcnow
+from app.webhooks import events as webhook_events
+from app.webhooks.outbox import emit
 
 S = JobStatus
 
@@ -77,6 +81,7 @@ class JobLifecycle:
         assert job is not None
         if job.attempt == 1:
             self.jobs.add_event(job_id, "Fine-tuning job started")
+            emit(self.session, job.project_id, webhook_events.JOB_RUNNING, job_id)
         elif not from_checkpoint:
             self.jobs.add_event(
                 job_id, f"Fine-tuning job started again from the beginning (attempt {job.attempt})"
@@ -102,6 +107,7 @@ class JobLifecycle:
         if moved:
             self.jobs.add_event(job_id, f"New fine-tuned model created: {model_id}")
             self.jobs.add_event(job_id, "The job has successfully completed")
+            self._emit(job_id, webhook_events.JOB_SUCCEEDED)
         return moved
 
     def fail(self, job_id: str, failure: JobFailure, *, only_from: set[JobStatus]) -> bool:
@@ -120,6 +126,7 @@ class JobLifecycle:
         )
         if moved:
             self.jobs.add_event(job_id, failure.message, level="error")
+            self._emit(job_id, webhook_events.JOB_FAILED)
         return moved
 
     # -- the reconciler --------------------------------------------------------------------
@@ -136,6 +143,7 @@ class JobLifecycle:
     def cancel(self, job: FineTuningJob) -> None:
         self._move(job, S.CANCELLED, "cancel", finished_at=utcnow(), estimated_finish=None)
         self.jobs.add_event(job.id, "Fine-tuning job cancelled")
+        emit(self.session, job.project_id, webhook_events.JOB_CANCELLED, job.id)
 
     def pause(self, job: FineTuningJob) -> None:
         self._move(job, S.PAUSED, "pause", only_from={S.QUEUED, S.RUNNING})
@@ -145,6 +153,11 @@ class JobLifecycle:
         """paused -> queued; the caller sends the job's message once this is committed."""
         self._move(job, S.QUEUED, "resume", only_from={S.PAUSED}, enqueued_at=None)
         self.jobs.add_event(job.id, "Fine-tuning job resumed")
+
+    def _emit(self, job_id: str, event_type: str) -> None:
+        job = self.jobs.reload_job(job_id)
+        assert job is not None
+        emit(self.session, job.project_id, event_type, job_id)
 
     def _move(
         self,

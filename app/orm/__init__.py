@@ -10,6 +10,7 @@ from app.orm.fine_tuning import (
     FineTuningJob,
 )
 from app.orm.project import ApiKey, Project
+from app.orm.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "ApiKey",
@@ -23,4 +24,7 @@ __all__ = [
     "FineTuningEvent",
     "FineTuningJob",
     "Project",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
 ]

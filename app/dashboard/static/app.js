@@ -1,4 +1,4 @@
-/* Tuna dashboard: a hash-routed single page over the /v1 API (jobs, files, new job, evals, playground). */
+/* Tuna dashboard: a hash-routed single page over the /v1 API (jobs, files, new job, evals, webhooks, playground). */
 "use strict";
 
 (function () {
@@ -201,6 +201,8 @@
     if (page === "evals" && parts[1] && parts[2] === "runs" && parts[3]) return evalRunItemsPage(parts[1], parts[3], params);
     if (page === "evals" && parts[1]) return evalPage(parts[1], params);
     if (page === "evals") return evalsPage();
+    if (page === "webhooks" && parts[1]) return webhookPage(parts[1]);
+    if (page === "webhooks") return webhooksPage();
     if (page === "playground") return playgroundPage(params);
     view.appendChild(h("section", { class: "card" }, h("h1", { text: "Not found" }),
       h("p", {}, h("a", { href: "#/jobs", text: "Back to jobs" }))));
@@ -1323,6 +1325,183 @@
       ids.forEach(function (id) { model.appendChild(h("option", { value: id, text: id })); });
       if (wanted) model.value = wanted;
     }).catch(function (err) { transcript.appendChild(errorBox(err.message)); });
+  }
+
+  // ---- webhooks ---------------------------------------------------------------------------
+
+  // The event types of app/webhooks/events.py (the API does not list them): OpenAI's, then Tuna's.
+  const WEBHOOK_EVENTS = [
+    "fine_tuning.job.succeeded",
+    "fine_tuning.job.failed",
+    "fine_tuning.job.cancelled",
+    "fine_tuning.job.running",
+    "fine_tuning.job.checkpoint.created",
+    "eval.run.succeeded",
+    "eval.run.failed",
+    "eval.run.canceled",
+  ];
+
+  function webhookPath(id) {
+    return "/v1/webhooks/" + encodeURIComponent(id);
+  }
+
+  function webhooksPage() {
+    const body = h("tbody", {});
+    const listError = h("div", {});
+    const secretArea = h("div", { id: "webhook-secret-area" });
+    view.appendChild(h("section", { class: "card" },
+      h("div", { class: "card-head" }, h("h1", { text: "Webhooks" })),
+      h("p", { class: "muted small", text: "Tuna POSTs a signed event to each endpoint when a job or an eval run changes state (Standard Webhooks signatures, as OpenAI's)." }),
+      secretArea,
+      listError,
+      h("table", { class: "table", id: "webhooks-table" },
+        h("thead", {}, h("tr", {}, ["URL", "ID", "Events", "Description", "Created", ""].map(function (c) {
+          return h("th", { text: c });
+        }))),
+        body)));
+
+    async function refresh() {
+      const page = await api.get("/v1/webhooks", { limit: 100 });
+      clear(body);
+      clear(listError);
+      if (page.data.length === 0) {
+        body.appendChild(h("tr", {}, h("td", { colspan: 6, class: "empty", text: "No webhook endpoints yet: add one below." })));
+      }
+      page.data.forEach(function (w) {
+        const all = w.events.length === WEBHOOK_EVENTS.length;
+        body.appendChild(h("tr", { "data-webhook-id": w.id },
+          h("td", {}, h("a", { href: "#/webhooks/" + encodeURIComponent(w.id), class: "mono small", text: w.url })),
+          h("td", { class: "mono small", text: w.id }),
+          h("td", { class: "small", text: all ? "all events" : w.events.join(", ") }),
+          h("td", { text: w.description || "" }),
+          h("td", { class: "nowrap", text: when(w.created_at) }),
+          h("td", { class: "nowrap" },
+            h("a", { href: "#/webhooks/" + encodeURIComponent(w.id), class: "small", text: "Deliveries" }), " ",
+            h("button", {
+              type: "button", class: "link danger-text delete-webhook", text: "Delete",
+              onclick: async function () {
+                if (!confirm("Delete the webhook endpoint " + w.url + " (" + w.id + ")? Its pending deliveries are dropped.")) return;
+                try {
+                  await api.del(webhookPath(w.id));
+                  clear(secretArea);
+                  toast("Deleted " + w.id);
+                  await refresh();
+                } catch (err) { toast(err.message, "error"); }
+              },
+            }))));
+      });
+    }
+
+    function showSecret(created) {
+      clear(secretArea);
+      secretArea.appendChild(h("div", { class: "alert ok secret", role: "status", id: "webhook-secret" },
+        h("div", {}, "Created ", h("code", { text: created.id }), " for ", h("code", { text: created.url }), "."),
+        h("div", { class: "secret-line" }, "Signing secret: ", h("code", { class: "mono", id: "webhook-secret-value", text: created.secret }), " ", copyButton(created.secret)),
+        h("div", { class: "small", text: "Copy it now: it is shown only once. It verifies the webhook-signature header of each delivery." })));
+    }
+
+    view.appendChild(newWebhookForm(async function (created) {
+      showSecret(created);
+      await refresh();
+    }));
+    refresh().catch(function (err) { listError.appendChild(errorBox(err.message)); });
+  }
+
+  function newWebhookForm(onCreated) {
+    const url = h("input", { id: "webhook-url", type: "url", required: true, placeholder: "https://example.com/tuna-webhook" });
+    const description = h("input", { id: "webhook-description", maxlength: 512, placeholder: "optional" });
+    const events = h("div", { class: "checks", id: "webhook-events" },
+      WEBHOOK_EVENTS.map(function (type) {
+        return h("label", { class: "check" }, h("input", { type: "checkbox", name: "event", value: type }), " ", h("code", { text: type }));
+      }));
+    const message = h("div", {});
+    const submit = h("button", { type: "submit", class: "primary", id: "create-webhook", text: "Add endpoint" });
+    const form = h("form", {
+      class: "card form", id: "new-webhook-form",
+      onsubmit: async function (e) {
+        e.preventDefault();
+        clear(message);
+        const picked = Array.from(events.querySelectorAll("input[type=checkbox]:checked")).map(function (c) { return c.value; });
+        const payload = { url: url.value.trim() };
+        if (picked.length) payload.events = picked;
+        if (description.value.trim()) payload.description = description.value.trim();
+        submit.disabled = true;
+        try {
+          const created = await api.post("/v1/webhooks", payload);
+          form.reset();
+          await onCreated(created);
+        } catch (err) {
+          message.appendChild(errorBox(err.message));
+        } finally {
+          submit.disabled = false;
+        }
+      },
+    },
+      h("h2", { text: "Add an endpoint" }),
+      h("div", { class: "form-grid" },
+        h("label", {}, "URL (http or https)", url),
+        h("label", {}, "Description", description)),
+      h("h2", { text: "Events" }),
+      h("p", { class: "muted small", text: "Tick none to get every event type." }),
+      events,
+      message,
+      h("div", { class: "actions" }, submit));
+    return form;
+  }
+
+  function webhookPage(webhookId) {
+    const header = h("div", { class: "card-head" });
+    const details = h("div", {});
+    const errorArea = h("div", {});
+    const body = h("tbody", {});
+    const status = h("p", { class: "muted small", id: "deliveries-refresh" });
+    view.appendChild(h("section", { class: "card" }, header, errorArea, details));
+    view.appendChild(h("section", { class: "card" },
+      h("h2", { text: "Deliveries" }),
+      h("table", { class: "table", id: "deliveries-table" },
+        h("thead", {}, h("tr", {}, ["Event", "Status", "Attempts", "HTTP", "Last error", "Next try", "Delivered", "Created"].map(function (c) {
+          return h("th", { text: c });
+        }))),
+        body),
+      status));
+
+    api.get(webhookPath(webhookId)).then(function (w) {
+      header.appendChild(h("div", {},
+        h("a", { href: "#/webhooks", class: "small muted", text: "\u2190 All webhooks" }),
+        h("h1", { class: "mono", text: w.url })));
+      header.appendChild(h("button", {
+        type: "button", class: "danger", id: "delete-webhook", text: "Delete",
+        onclick: async function () {
+          if (!confirm("Delete the webhook endpoint " + w.url + " (" + w.id + ")? Its pending deliveries are dropped.")) return;
+          try { await api.del(webhookPath(w.id)); location.hash = "#/webhooks"; } catch (err) { toast(err.message, "error"); }
+        },
+      }));
+      details.appendChild(h("dl", { class: "details" },
+        h("dt", { text: "ID" }), h("dd", { class: "mono", text: w.id }),
+        h("dt", { text: "Events" }), h("dd", { class: "small", text: w.events.join(", ") }),
+        w.description ? [h("dt", { text: "Description" }), h("dd", { text: w.description })] : null,
+        h("dt", { text: "Created" }), h("dd", { text: when(w.created_at) })));
+    }).catch(function (err) { errorArea.appendChild(errorBox(err.message)); });
+
+    every(5000, async function () {
+      const page = await api.get(webhookPath(webhookId) + "/deliveries", { limit: 100 });
+      clear(body);
+      if (page.data.length === 0) {
+        body.appendChild(h("tr", {}, h("td", { colspan: 8, class: "empty", text: "No deliveries yet." })));
+      }
+      page.data.forEach(function (d) {
+        body.appendChild(h("tr", { "data-delivery-id": d.id },
+          h("td", {}, h("code", { text: d.event_type }), h("div", { class: "small muted mono", text: d.event_id })),
+          h("td", {}, badge(d.status)),
+          h("td", { text: String(d.attempts) }),
+          h("td", { text: d.last_status_code ? String(d.last_status_code) : "\u2013" }),
+          h("td", { class: "small", text: d.last_error || "" }),
+          h("td", { class: "nowrap", text: when(d.next_attempt_at) }),
+          h("td", { class: "nowrap", text: when(d.delivered_at) }),
+          h("td", { class: "nowrap", text: when(d.created_at) })));
+      });
+      status.textContent = "Refreshed " + when(Math.floor(Date.now() / 1000)) + "; every 5 seconds.";
+    });
   }
 
   route();
