@@ -16,7 +16,6 @@ tiktoken files; nothing here counts tokens (langchain-openai would fetch tiktoke
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 
@@ -37,6 +36,7 @@ from pydantic import BaseModel, Field
 
 from app.bootstrap import prepare
 from app.main import create_app
+from app.sync import run_to_completion
 from tests.app.inference.conftest import (
     MODEL_CACHE,
     TINY,
@@ -407,5 +407,5 @@ def test_async_clients(target: Target) -> None:
             "".join(pieces),
         ]
 
-    answers = asyncio.run(run())
+    answers = run_to_completion(run())  # Playwright may hold a loop on this thread
     assert answers[0] and answers == [answers[0]] * 4  # greedy: one answer

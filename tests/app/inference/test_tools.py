@@ -10,7 +10,6 @@ model that really learned to call tools is tests/app/inference/test_tool_learnin
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from app.inference.types import (
 )
 from app.inference.upstream import UpstreamEngine
 from app.main import create_app
+from app.sync import run_to_completion
 from tests.app.inference.conftest import MODEL_CACHE, TINY
 from tests.conftest import LiveServer, make_settings, serve_in_thread
 from tuna_core.base_models import load_tokenizer, resolve_base_model
@@ -529,7 +529,7 @@ def test_vllm_style_fragments_are_collected() -> None:
             for event in _events(chunk):
                 yield event
 
-    (choice,) = asyncio.run(collect(events())).choices
+    (choice,) = run_to_completion(collect(events())).choices
     assert choice.finish_reason == "tool_calls"
     assert [(c.id, c.name, c.arguments) for c in choice.tool_calls] == [
         ("call_1", "get_weather", '{"city": "Paris"}'),
