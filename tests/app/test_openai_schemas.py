@@ -19,7 +19,14 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import make_settings
 from tests.openai_schemas.extract import OBJECTS
-from tests.openai_wire import SCHEMA_DIR, WireCheck, WireLog, route_for, schema_errors
+from tests.openai_wire import (
+    EXTENSIONS,
+    SCHEMA_DIR,
+    WireCheck,
+    WireLog,
+    route_for,
+    schema_errors,
+)
 
 FILE = {
     "id": "file-abc",
@@ -175,7 +182,10 @@ def test_every_api_route_maps_to_a_schema(tmp_path: Path) -> None:
     for template, operations in paths.items():
         path = re.sub(r"\{[^}]+\}", "x-1", template)
         for method in operations:
+            extension = any(re.fullmatch(pattern, template) for pattern in EXTENSIONS)
             if route_for(method.upper(), path) is None and not path.endswith("/content"):
+                if extension:
+                    continue  # Tuna's own routes (webhook endpoints): no OpenAI schema
                 unmapped.append(f"{method.upper()} {template}")
     assert unmapped == []
 

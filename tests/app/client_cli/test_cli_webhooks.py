@@ -43,11 +43,13 @@ def test_create_ls_show_rm(tuna: Tuna, server: LiveServer) -> None:
     shown = tuna("webhooks", "show", webhook_id)
     assert shown.exit_code == 0, shown.stderr
     assert "ATTEMPTS" in shown.stdout and "LAST ERROR" in shown.stdout
-    assert "fine_tuning.job.succeeded" in shown.stdout and "pending" in shown.stdout
+    # A worker of the suite may already have tried it (the URL answers nothing).
+    assert "fine_tuning.job.succeeded" in shown.stdout
+    assert any(status in shown.stdout for status in ("pending", "failed"))
     as_json = tuna("webhooks", "show", webhook_id, "--json").json()
     assert as_json["webhook"]["id"] == webhook_id
     [delivery] = as_json["deliveries"]
-    assert delivery["status"] == "pending" and delivery["attempts"] == 0
+    assert delivery["status"] in ("pending", "failed")
 
     removed = tuna("webhooks", "rm", webhook_id)
     assert removed.exit_code == 0 and f"Deleted {webhook_id}" in removed.stdout

@@ -505,6 +505,43 @@ def case_eval_output_items_retrieve(w: World) -> None:
     assert_eval_hidden(w, e, w.b.get(path), path)
 
 
+def _a_webhook(w: World) -> str:
+    made = w.a.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"})
+    assert made.status_code == 200, made.text
+    return str(made.json()["id"])
+
+
+def case_webhooks_create(w: World) -> None:
+    made = w.b.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/b"})
+    assert made.status_code == 200, made.text
+    mine = _a_webhook(w)
+    assert mine not in w.b.get("/v1/webhooks").text
+
+
+def case_webhooks_list(w: World) -> None:
+    mine = _a_webhook(w)
+    listed = w.b.get("/v1/webhooks")
+    assert listed.status_code == 200 and mine not in listed.text
+
+
+def case_webhooks_retrieve(w: World) -> None:
+    mine = _a_webhook(w)
+    assert w.b.get(f"/v1/webhooks/{mine}").status_code == 404
+    assert w.a.get(f"/v1/webhooks/{mine}").status_code == 200
+
+
+def case_webhooks_delete(w: World) -> None:
+    mine = _a_webhook(w)
+    assert w.b.delete(f"/v1/webhooks/{mine}").status_code == 404
+    assert w.a.get(f"/v1/webhooks/{mine}").status_code == 200
+
+
+def case_webhooks_deliveries(w: World) -> None:
+    mine = _a_webhook(w)
+    assert w.b.get(f"/v1/webhooks/{mine}/deliveries").status_code == 404
+    assert w.a.get(f"/v1/webhooks/{mine}/deliveries").status_code == 200
+
+
 CASES: dict[tuple[str, str], Callable[[World], None]] = {
     ("POST", "/v1/files"): case_files_create,
     ("GET", "/v1/files"): case_files_list,
@@ -529,6 +566,11 @@ CASES: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", "/v1/evals/{eval_id}"): case_evals_retrieve,
     ("POST", "/v1/evals/{eval_id}"): case_evals_update,
     ("DELETE", "/v1/evals/{eval_id}"): case_evals_delete,
+    ("POST", "/v1/webhooks"): case_webhooks_create,
+    ("GET", "/v1/webhooks"): case_webhooks_list,
+    ("GET", "/v1/webhooks/{webhook_id}"): case_webhooks_retrieve,
+    ("DELETE", "/v1/webhooks/{webhook_id}"): case_webhooks_delete,
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): case_webhooks_deliveries,
     ("POST", "/v1/evals/{eval_id}/runs"): case_eval_runs_create,
     ("GET", "/v1/evals/{eval_id}/runs"): case_eval_runs_list,
     ("GET", "/v1/evals/{eval_id}/runs/{run_id}"): case_eval_runs_retrieve,
