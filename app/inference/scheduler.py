@@ -249,10 +249,14 @@ class Scheduler:
         constraints = [row.owner.constraint for row in rows]
         if any(constraint is not None for constraint in constraints):
             apply_constraints(logits, constraints)
+        # Each reporting row's log-probabilities, by its position in `rows`.
         reported = [
             i for i, row in enumerate(rows) if row.owner.request.params.logprobs is not None
         ]
-        logprobs = torch.log_softmax(logits[reported].float(), dim=-1) if reported else None
+        logprobs: dict[int, torch.Tensor] = {}
+        if reported:
+            values = torch.log_softmax(logits[reported].float(), dim=-1)
+            logprobs = dict(zip(reported, values, strict=True))
         greedy: list[int] | None = None
         by_prompt: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
@@ -269,23 +273,19 @@ class Scheduler:
                 tokens = prompt.choose(logits.index_select(0, index), positions)
             for i, token in zip(indices, tokens, strict=True):
                 rows[i].next_token = token
-                rows[i].owner.choice.accept(
-                    token, self._logprob(rows[i], i, token, reported, logprobs)
-                )
+                rows[i].owner.choice.accept(token, self._logprob(rows[i], token, logprobs.get(i)))
                 constraint = rows[i].owner.constraint
                 if constraint is not None:
                     constraint.accept(token)
 
     @staticmethod
-    def _logprob(
-        row: Row, i: int, token: int, reported: list[int], logprobs: torch.Tensor | None
-    ) -> TokenLogprob | None:
+    def _logprob(row: Row, token: int, logprobs: torch.Tensor | None) -> TokenLogprob | None:
         top = row.owner.request.params.logprobs
         if top is None or logprobs is None:
             return None
         loaded = row.owner.request.loaded
         assert loaded is not None
-        return token_logprobs(loaded.tokenizer, logprobs[reported.index(i)], token, top)
+        return token_logprobs(loaded.tokenizer, logprobs, token, top)
 
     def _drop_finished(self, decode: DecodeBatch) -> None:
         keep = []
