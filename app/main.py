@@ -15,6 +15,7 @@ from app.dashboard import install_dashboard
 from app.db import Database
 from app.errors import install_error_handlers
 from app.evals.endpoints import router as evals_router
+from app.exports.endpoints import router as exports_router
 from app.files.endpoints import router as files_router
 from app.files.storage import LocalStorage
 from app.fine_tuning.endpoints import router as fine_tuning_router
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fine_tuning_router)
     app.include_router(evals_router)
     app.include_router(webhooks_router)
+    app.include_router(exports_router)  # before catalog_router: /v1/models/{model:path}
     app.include_router(catalog_router)
     app.include_router(inference_router)
     app.include_router(inference_models_router)

@@ -71,6 +71,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", rf"/v1/evals/{_ID}", "Eval"),  # update
     Route("DELETE", rf"/v1/evals/{_ID}", "DeleteEvalResponse"),
     Route("GET", r"/v1/models", "ListModelsResponse"),
+    Route("POST", r"/v1/models", "Model"),  # Tuna's import answers OpenAI's model object
     Route("GET", r"/v1/models/.+", "Model"),  # model ids may hold `/` and `:`
     Route("DELETE", r"/v1/models/.+", "DeleteModelResponse"),
     Route(
@@ -83,11 +84,17 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-# Tuna's own routes, with no OpenAI counterpart to check them against (docs/webhooks.md).
-EXTENSIONS: tuple[str, ...] = (r"/v1/webhooks(/.*)?",)
+# Tuna's own routes, with no OpenAI counterpart to check them against (docs/webhooks.md,
+# docs/export.md).
+EXTENSIONS: tuple[str, ...] = (
+    r"/v1/webhooks(/.*)?",
+    r"/v1/models/.+/(content|exports)",  # downloads of a model (docs/export.md)
+)
 
 
 def route_for(method: str, path: str) -> Route | None:
+    if any(re.fullmatch(pattern, path) for pattern in EXTENSIONS):
+        return None  # `/v1/models/{id}/content` is Tuna's, though `/v1/models/.+` would match
     return next((route for route in ROUTES if route.matches(method, path)), None)
 
 

@@ -17,6 +17,8 @@ RUN_JOB_TASK = "tuna.run_job"
 RUN_EVAL_TASK = "tuna.run_eval"
 # No arguments: post every due webhook delivery (`worker.webhooks`); sent after an event commits.
 DELIVER_WEBHOOKS_TASK = "tuna.deliver_webhooks"
+# A model export's id (`app/exports`): merge and/or convert a fine-tuned model for download.
+BUILD_EXPORT_TASK = "tuna.build_export"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -64,6 +66,9 @@ class CeleryJobQueue:
 
     def enqueue_eval_run(self, run_id: str) -> None:
         self.celery.send_task(RUN_EVAL_TASK, args=[run_id], queue=self.queue)
+
+    def enqueue_export(self, export_id: str) -> None:
+        self.celery.send_task(BUILD_EXPORT_TASK, args=[export_id], queue=self.queue)
 
     def nudge_webhooks(self) -> None:
         self.celery.send_task(DELIVER_WEBHOOKS_TASK, queue=self.queue)

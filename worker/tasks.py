@@ -24,6 +24,7 @@ from app.inference.engine import InferenceEngine, create_engine
 from app.webhooks.outbox import install_nudge
 from worker.broker_memory import broker_memory
 from worker.celery_app import (
+    BUILD_EXPORT_TASK,
     DELIVER_WEBHOOKS_TASK,
     RUN_EVAL_TASK,
     RUN_JOB_TASK,
@@ -31,6 +32,7 @@ from worker.celery_app import (
     celery_app,
 )
 from worker.eval_runs import EvalRunner
+from worker.model_exports import ExportBuilder
 from worker.reconciler import Reconciler
 from worker.runner import JobRunner
 from worker.webhooks import WebhookDeliverer
@@ -85,6 +87,22 @@ def _eval_runner() -> EvalRunner:
 @celery_app.task(name=RUN_EVAL_TASK, acks_late=True, reject_on_worker_lost=True)
 def run_eval(run_id: str) -> None:
     _eval_runner().run(run_id)
+
+
+@lru_cache
+def _export_builder() -> ExportBuilder:
+    settings = get_settings()
+    return ExportBuilder(
+        settings,
+        _database(),
+        LocalStorage(settings.resolved_storage_dir),
+        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+@celery_app.task(name=BUILD_EXPORT_TASK, acks_late=True, reject_on_worker_lost=True)
+def build_export(export_id: str) -> None:
+    _export_builder().run(export_id)
 
 
 @lru_cache

@@ -28,7 +28,7 @@ class CatalogService:
             ModelObject(id=info.name, created=info.created, owned_by=BASE_MODEL_OWNER)
             for info in available_base_models(self.settings)
         ]
-        return bases + [_fine_tuned(row, project) for row in self.models.list(project.id)]
+        return bases + [fine_tuned_object(row, project) for row in self.models.list(project.id)]
 
     def get(self, project: Project, model_id: str) -> ModelObject:
         base = find_offered_base_model(self.settings, model_id)
@@ -40,12 +40,12 @@ class CatalogService:
             raise NotFound(
                 f"The model '{model_id}' does not exist", param="model", code="model_not_found"
             )
-        return _fine_tuned(row, project)
+        return fine_tuned_object(row, project)
 
     def fine_tuned_model(self, project: Project, model_id: str) -> FineTunedModel | None:
         """The project's `ft:` row (final model or checkpoint), for callers like inference."""
         return self.models.get(project.id, model_id)
 
 
-def _fine_tuned(row: FineTunedModel, project: Project) -> ModelObject:
+def fine_tuned_object(row: FineTunedModel, project: Project) -> ModelObject:
     return ModelObject(id=row.id, created=unix(row.created_at) or 0, owned_by=project.name)

@@ -1,4 +1,4 @@
-"""`tuna files|jobs|evals|webhooks|chat`: the client side of the `tuna` command, over HTTP to
+"""`tuna files|jobs|evals|models|webhooks|chat`: the client side of the `tuna` command, over HTTP to
 any Tuna server.
 
 Registered on the `tuna` group in `app.cli`; nothing here imports the server (no database,
@@ -11,8 +11,9 @@ from app.client_cli.chat import chat
 from app.client_cli.evals import evals
 from app.client_cli.files import files
 from app.client_cli.jobs import jobs
+from app.client_cli.models import models
 from app.client_cli.webhooks import webhooks
 
-COMMANDS = (files, jobs, evals, webhooks, chat)
+COMMANDS = (files, jobs, evals, models, webhooks, chat)
 
-__all__ = ["COMMANDS", "chat", "evals", "files", "jobs", "webhooks"]
+__all__ = ["COMMANDS", "chat", "evals", "files", "jobs", "models", "webhooks"]

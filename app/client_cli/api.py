@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -146,6 +147,46 @@ class TunaClient:
         page = self.get("/v1/files", purpose=purpose, limit=limit)
         return list(page.get("data", []))
 
+    # -- models -----------------------------------------------------------------------------
+
+    def download(
+        self,
+        path: str,
+        params: dict[str, str],
+        output: Path | None,
+        on_start: Callable[[int | None], None] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Path | dict[str, Any]:
+        """GET ``path``: a 200 is streamed to ``output`` (default: the server's file name, in the
+        current folder) through a `.part` file, and its path returned; a 202 (an export being
+        built) returns its JSON body for the caller to poll again."""
+        try:
+            with self._http.stream(
+                "GET", path, params=params, timeout=httpx.Timeout(60.0, read=None)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                if response.status_code == 202:
+                    response.read()
+                    return response.json()  # type: ignore[no-any-return]
+                target = output or Path(_attachment_name(response) or "model-export")
+                if target.is_dir():
+                    target = target / (_attachment_name(response) or "model-export")
+                length = response.headers.get("content-length")
+                if on_start:
+                    on_start(int(length) if length else None)
+                part = target.with_name(target.name + ".part")
+                with part.open("wb") as handle:
+                    for chunk in response.iter_bytes(1 << 20):
+                        handle.write(chunk)
+                        if on_progress:
+                            on_progress(len(chunk))
+                part.replace(target)
+                return target
+        except httpx.TransportError as exc:
+            raise APIError(f"Connection to {self.base_url} failed: {exc}") from exc
+
     # -- jobs -------------------------------------------------------------------------------
 
     def list_jobs(self, limit: int = 20) -> list[Any]:
@@ -212,6 +253,12 @@ class TunaClient:
                     yield chunk
         except httpx.TransportError as exc:
             raise APIError(f"Connection to {self.base_url} failed: {exc}") from exc
+
+
+def _attachment_name(response: httpx.Response) -> str | None:
+    """The file name of a `Content-Disposition: attachment; filename="..."` (base name only)."""
+    match = re.search(r'filename="([^"/\\]+)"', response.headers.get("content-disposition", ""))
+    return match.group(1) if match else None
 
 
 def env_api_key() -> str | None:

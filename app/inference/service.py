@@ -28,6 +28,7 @@ from app.catalog.repository import ModelRepository
 from app.config import Settings
 from app.db import after_commit
 from app.errors import APIError, InvalidRequest, NotFound
+from app.exports.repository import ExportRepository
 from app.files.storage import LocalStorage
 from app.fine_tuning.repository import FineTuningRepository
 from app.ids import random_token
@@ -409,15 +410,18 @@ class InferenceService:
         row = self.models.get(project.id, model_id)
         if row is None:
             raise model_not_found(model_id)
-        if row.checkpoint_step is not None:
+        # Its built downloads go with it (their rows by the foreign key's cascade).
+        keys = [row.storage_key, *ExportRepository(self.session).storage_keys(row.id)]
+        if row.checkpoint_step is not None and row.job_id is not None:
             FineTuningRepository(self.session).remove_checkpoint(row.job_id, row.checkpoint_step)
         else:
             self.models.delete(row)
-        key, engine, storage = row.storage_key, self.engine, self.storage
+        engine, storage = self.engine, self.storage
 
         def forget() -> None:
             engine.evict(model_id)
-            _remove_folder(storage, key)
+            for key in keys:
+                _remove_folder(storage, key)
 
         after_commit(self.session, forget)
         return ModelDeleted(id=model_id)

@@ -2,6 +2,7 @@
 
 from app.orm.base import Base
 from app.orm.evals import Eval, EvalOutputItem, EvalRun
+from app.orm.exports import ModelExport
 from app.orm.file import File
 from app.orm.fine_tuning import (
     FineTunedModel,
@@ -23,6 +24,7 @@ __all__ = [
     "FineTuningCheckpoint",
     "FineTuningEvent",
     "FineTuningJob",
+    "ModelExport",
     "Project",
     "WebhookDelivery",
     "WebhookEndpoint",

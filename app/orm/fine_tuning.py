@@ -105,7 +105,8 @@ class FineTuningCheckpoint(Base):
 
 
 class FineTunedModel(Base):
-    """A callable `ft:` id: a job's final model or one of its checkpoints."""
+    """A callable `ft:` id: a job's final model or one of its checkpoints, or a model imported
+    from a folder or an uploaded archive (no job: `imported_from` says where it came from)."""
 
     __tablename__ = "fine_tuned_models"
 
@@ -113,8 +114,11 @@ class FineTunedModel(Base):
     project_id: Mapped[str] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
     )
-    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), default=None
+    )
     base_model: Mapped[str] = mapped_column(String(256))
+    imported_from: Mapped[str | None] = mapped_column(String(1024), default=None)
     training_type: Mapped[str] = mapped_column(String(8))  # "lora" | "full"
     checkpoint_step: Mapped[int | None] = mapped_column(Integer, default=None)
     storage_key: Mapped[str] = mapped_column(String(256))

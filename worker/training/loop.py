@@ -57,6 +57,7 @@ from tuna_core.base_models import (
     resolve_base_model,
 )
 from tuna_core.devices import DeviceUnavailable, pick_device
+from tuna_core.model_folders import MODEL_INFO_FILE, write_model_info
 from worker.training.callbacks import TrainingCallbacks
 from worker.training.config import ResolvedHyperparameters, TrainingConfig, resolve_hyperparameters
 from worker.training.data import InvalidExample, epoch_batches
@@ -77,7 +78,6 @@ except ImportError:  # numpy is optional; nothing here draws from it
     np = None  # type: ignore[assignment]
 
 STATE_FILE = "trainer_state.pt"
-MODEL_INFO_FILE = "tuna_model.json"
 _STATE_VERSION = 1
 
 
@@ -489,8 +489,7 @@ class _Run:
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
-        info = {"base_model": self.config.base_model, "training_type": self.config.training_type}
-        (tmp / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        write_model_info(tmp, self.config.base_model, self.config.training_type)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         return target

@@ -41,6 +41,9 @@ class _NoQueue:
     def enqueue_eval_run(self, run_id: str) -> None:
         pass
 
+    def enqueue_export(self, export_id: str) -> None:
+        pass
+
 
 @dataclass
 class World:
@@ -316,6 +319,34 @@ def case_models_delete(w: World) -> None:
         ).is_dir()
 
 
+def case_models_import(w: World) -> None:
+    """A's file id is as absent for B as a file that never existed."""
+    foreign = w.b.post("/v1/models", json={"file_id": w.a_file, "base_model": TINY})
+    bogus = w.b.post("/v1/models", json={"file_id": "file-doesnotexist000000", "base_model": TINY})
+    assert foreign.status_code == bogus.status_code == 404, foreign.text
+    assert_hidden(w, foreign, w.a_file)
+
+
+def case_models_content(w: World) -> None:
+    for model in w.a_models:
+        for params in ({"format": "adapter"}, {"format": "merged"}, {"format": "gguf"}):
+            response = w.b.get(f"/v1/models/{model}/content", params=params)
+            assert_hidden(w, response, model)
+    assert w.a.get(f"/v1/models/{w.a_model}/exports").json()["data"] == []
+
+
+def case_models_exports_create(w: World) -> None:
+    for model in w.a_models:
+        response = w.b.post(f"/v1/models/{model}/exports", json={"format": "merged"})
+        assert_hidden(w, response, model)
+    assert w.a.get(f"/v1/models/{w.a_model}/exports").json()["data"] == []
+
+
+def case_models_exports_list(w: World) -> None:
+    for model in w.a_models:
+        assert_hidden(w, w.b.get(f"/v1/models/{model}/exports"), model)
+
+
 def case_chat(w: World) -> None:
     for model in w.a_models:
         for stream in (False, True):
@@ -559,6 +590,10 @@ CASES: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", "/v1/models"): case_models_list,
     ("GET", "/v1/models/{model}"): case_models_retrieve,
     ("DELETE", "/v1/models/{model}"): case_models_delete,
+    ("POST", "/v1/models"): case_models_import,
+    ("GET", "/v1/models/{model}/content"): case_models_content,
+    ("POST", "/v1/models/{model}/exports"): case_models_exports_create,
+    ("GET", "/v1/models/{model}/exports"): case_models_exports_list,
     ("POST", "/v1/chat/completions"): case_chat,
     ("POST", "/v1/completions"): case_completions,
     ("POST", "/v1/evals"): case_evals_create,
