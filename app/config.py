@@ -113,6 +113,21 @@ class Settings(BaseSettings):
         "message sent after each event)",
     )
 
+    # A job's integrations (see docs/fine-tuning.md#integrations): where its runs are logged.
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        default="offline",
+        description="Weights & Biases runs: offline (written under wandb_dir, nothing leaves "
+        "the machine; `wandb sync` uploads them), online (needs WANDB_API_KEY), or disabled",
+    )
+    wandb_dir: Path | None = Field(
+        default=None, description="Where W&B keeps its run folders; default: data_dir/wandb"
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI of every job's mlflow integration (a server's http "
+        "URL, a database URL); default: an SQLite store under data_dir/mlflow",
+    )
+
     # Inference (see docs/inference.md).
     inference_backend: Literal["local", "upstream"] = "local"
     inference_device: Device = "auto"

@@ -21,6 +21,7 @@ from app.orm.base import utcnow
 from app.webhooks import events as webhook_events
 from app.webhooks.outbox import emit
 from tuna_core.model_ids import checkpoint_model_id
+from worker.integrations import JobIntegrations
 from worker.training import ResolvedHyperparameters
 from worker.training.callbacks import StopRequest
 
@@ -44,11 +45,19 @@ class JobPlan:
 class JobCallbacks:
     """`worker.training.TrainingCallbacks` for one attempt of one job."""
 
-    def __init__(self, database: Database, storage: LocalStorage, plan: JobPlan) -> None:
+    def __init__(
+        self,
+        database: Database,
+        storage: LocalStorage,
+        plan: JobPlan,
+        integrations: JobIntegrations | None = None,
+    ) -> None:
         self.db = database
         self.storage = storage
         self.plan = plan
         self.job_id = plan.job_id
+        # W&B, MLflow (worker/integrations): they contain their own failures.
+        self.integrations = integrations or JobIntegrations.none(database, plan.job_id)
         self._last_poll = 0.0
         self._ownership: tuple[str, str | None, int] | None = (
             JobStatus.RUNNING,
@@ -72,6 +81,7 @@ class JobCallbacks:
             job = FineTuningRepository(session).reload_job(self.job_id)
             if job is not None:
                 job.resolved_hyperparameters = resolved.to_dict()
+        self.integrations.hyperparameters(resolved.to_dict())
 
     def on_metrics(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
         if self._first_step is None:
@@ -95,6 +105,7 @@ class JobCallbacks:
                     seconds=seconds_per_step * max(total_steps - step, 0)
                 )
         self._recorded_up_to = step
+        self.integrations.metrics(step, total_steps, data)
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         model_id = checkpoint_model_id(self.plan.model_id, step)
@@ -113,6 +124,7 @@ class JobCallbacks:
             )
             jobs.add_event(self.job_id, f"Checkpoint created at step {step}: {model_id}")
             emit(session, job.project_id, webhook_events.JOB_CHECKPOINT_CREATED, self.job_id)
+        self.integrations.checkpoint(step, model_id, metrics)
 
     def on_checkpoint_deleted(self, step: int, path: Path) -> None:
         with self.db.session_scope() as session:

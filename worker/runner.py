@@ -31,6 +31,7 @@ from tuna_core.hyperparameters import engine_arguments
 from tuna_core.model_ids import fine_tuned_model_id
 from worker import job_comparison, results
 from worker.heartbeat import Heartbeat
+from worker.integrations import JobIntegrations
 from worker.job_callbacks import JobCallbacks, JobPlan
 
 logger = logging.getLogger("tuna.worker")
@@ -202,10 +203,19 @@ class JobRunner:
     def _train(self, plan: JobPlan, tokenized: dict[Path, Any]) -> None:
         from worker.training import TrainingCancelled, TrainingPaused, train
 
+        integrations = JobIntegrations.none(self.db, plan.job_id)
         try:
             with Heartbeat(self.db, plan.job_id, self.worker_id, self.lease):
+                integrations = JobIntegrations.open(
+                    self.settings,
+                    self.db,
+                    plan.job_id,
+                    model_id=plan.model_id,
+                    base_model=plan.base_model,
+                )
                 config = self._config(plan)
-                result = train(config, JobCallbacks(self.db, self.storage, plan), tokenized)
+                callbacks = JobCallbacks(self.db, self.storage, plan, integrations)
+                result = train(config, callbacks, tokenized)
         except TrainingCancelled:
             return
         except TrainingPaused:
@@ -219,7 +229,12 @@ class JobRunner:
             if not isinstance(exc, Exception):
                 raise
             return
-        self._succeed(plan, result)
+        else:
+            self._succeed(plan, result)
+        finally:
+            # W&B, MLflow: the run ends with the job's status (succeeded, failed, cancelled,
+            # paused), whichever way the attempt ended.
+            integrations.finish_as_recorded()
 
     def _config(self, plan: JobPlan) -> Any:
         from worker.training import TrainingConfig

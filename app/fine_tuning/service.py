@@ -46,6 +46,7 @@ from app.pagination import Page
 from app.quotas import hold_project
 from tuna_core.dataset import METHOD_FORMATS
 from tuna_core.hyperparameters import EXTENSION_DEFAULTS
+from tuna_core.integrations import IntegrationConfigError, check_integrations
 from tuna_core.model_ids import SUFFIX_PATTERN
 
 logger = logging.getLogger("tuna.fine_tuning")
@@ -131,13 +132,6 @@ class FineTuningService:
         self.jobs.add_event(job.id, f"Created fine-tuning job: {job.id}")
         for level, note in notes:
             self.jobs.add_event(job.id, note, level=level)
-        for integration in checked.integrations or []:
-            self.jobs.add_event(
-                job.id,
-                f"Integration '{integration.get('type')}' is not supported by this server "
-                "and will be ignored.",
-                level="warn",
-            )
         self.jobs.add_event(job.id, f"Validating training file: {job.training_file}")
         if job.validation_file:
             self.jobs.add_event(job.id, f"Validating validation file: {job.validation_file}")
@@ -480,16 +474,14 @@ def _no_unknown_keys(value: Mapping[str, Any], allowed: set[str], prefix: str) -
 
 
 def _integrations(integrations: list[Any] | None) -> list[Any] | None:
-    """Stored and shown back as given; no integration is run (the server reaches no network)."""
-    if integrations is None:
-        return None
-    for index, item in enumerate(integrations):
-        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
-            raise InvalidRequest(
-                f"Invalid value for 'integrations[{index}]': expected an object with a 'type'.",
-                param=f"integrations[{index}]",
-            )
-    return list(integrations)
+    """Checked (`tuna_core.integrations`: the supported types and their fields), stored and
+    shown back as given; the worker logs the job's run to each (`worker/integrations/`)."""
+    try:
+        return check_integrations(integrations)
+    except IntegrationConfigError as exc:
+        raise InvalidRequest(
+            f"Invalid value for '{exc.param}': {exc.message}.", param=exc.param
+        ) from None
 
 
 def parse_metadata_filter(query: Iterable[tuple[str, str]]) -> tuple[dict[str, str], bool]:

@@ -224,6 +224,26 @@ def _tuna_graders(components: dict[str, Any]) -> None:
     items["oneOf"].append(extension)
 
 
+def _tuna_integrations(components: dict[str, Any]) -> None:
+    # Tuna extension (docs/fine-tuning.md#integrations): a job's `mlflow` integration, shown
+    # back as given; `wandb` keeps OpenAI's schema.
+    extension = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["mlflow"]},
+            "mlflow": {
+                "type": "object",
+                "properties": {"experiment_name": {"type": "string"}},
+                "required": ["experiment_name"],
+            },
+        },
+        "required": ["type", "mlflow"],
+    }
+    listed = components["FineTuningJob"]["properties"]["integrations"]["anyOf"][0]
+    items = listed["items"]
+    items["oneOf"].append(extension)
+
+
 def _template_messages(components: dict[str, Any]) -> None:
     # A run's `input_messages.template` entry `{"role": "user", "content": "..."}` is both an
     # `EasyInputMessage` and an `EvalItem` (OpenAI's own examples are such messages), so the
@@ -267,6 +287,7 @@ PATCHES: tuple[Callable[[dict[str, Any]], None], ...] = (
     _completion_chunks,
     _eval_run_error,
     _tuna_graders,
+    _tuna_integrations,
     _template_messages,
     _recursive_filter,
 )
