@@ -92,6 +92,18 @@ class Settings(BaseSettings):
         default=False, description="Expose the tiny random test model as a base model"
     )
 
+    # Exports and imports of fine-tuned models (see docs/export.md).
+    import_roots: list[Path] = Field(
+        default_factory=list,
+        description="Server folders (JSON list) whose model folders an API caller may import "
+        "by path; empty: only uploaded archives can be imported",
+    )
+    max_import_bytes: int = Field(
+        default=64 * 1024**3,
+        gt=0,
+        description="Largest unpacked size of an imported model archive",
+    )
+
     # Webhooks (see docs/webhooks.md).
     webhook_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long one webhook POST may take"

@@ -8,6 +8,8 @@ Each idea is defined here once, below both sides, so they cannot disagree:
 * `base_models`     the base-model registry: names, aliases, context length, which folder;
 * `hyperparameters` the hyperparameters, their ranges and defaults, precision choices;
 * `model_ids`       `ft:` model ids and checkpoint ids;
+* `model_folders`   a fine-tuned model folder's `tuna_model.json` (its base; LoRA or full);
+* `exports`         what a model downloads as: formats, GGUF types, artifact names;
 * `devices`         which torch device a run or an engine uses;
 * `evals`           eval templates (``{{ item.x }}``) and graders: the check of a testing
                     criterion at creation, and the grading of one sample in a run.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from app.config import Settings
 from app.db import Database
-from app.exports.repository import FAILED, SUCCEEDED, ExportRepository
+from app.exports.repository import FAILED, SUCCEEDED, ExportRepository, export_folder
 from app.files.storage import LocalStorage
 from app.orm import FineTunedModel
 from app.orm.base import utcnow
@@ -49,7 +49,8 @@ class ExportBuilder:
             key, model_key = row.key, model.storage_key
             base_model, training_type = model.base_model, model.training_type
         logger.info("building export %s (%s of %s)", export_id, key, model_key)
-        target_key = f"exports/{export_id}/{'model.gguf' if key.startswith('gguf-') else key}"
+        name = "model.gguf" if key.startswith("gguf-") else key
+        target_key = f"{export_folder(export_id)}/{name}"
         try:
             with Lease(self._renew(export_id), self.lease, name=f"lease-{export_id}"):
                 self._build(key, model_key, base_model, training_type, target_key)

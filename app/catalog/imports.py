@@ -36,7 +36,7 @@ from app.ids import new_id
 from app.orm import FineTunedModel, Project
 from app.orm.base import utcnow
 from tuna_core.base_models import UnknownBaseModel, resolve_base_model
-from tuna_core.model_folders import write_model_info
+from tuna_core.model_folders import MODEL_INFO_FILE, write_model_info
 from tuna_core.model_ids import SUFFIX_PATTERN, fine_tuned_model_id
 
 IMPORT_PREFIX = "ftimport-"
@@ -175,7 +175,15 @@ class ModelImporter:
                 param="file_id",
                 code="invalid_model_folder",
             )
-        base = self._base(base_model or config.get("base_model_name_or_path"), given=base_model)
+        # Tuna's own adapters name their base in tuna_model.json; peft's config may hold a path.
+        declared = (
+            _read_json(info).get("base_model")
+            if (info := folder / MODEL_INFO_FILE).is_file()
+            else None
+        )
+        base = self._base(
+            base_model or declared or config.get("base_model_name_or_path"), given=base_model
+        )
         self._check_shapes(weights, base)
         return _Checked(folder, "lora", base)
 

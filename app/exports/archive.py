@@ -22,6 +22,7 @@ class _Member:
     path: Path
     header: bytes
     size: int
+    content: bytes | None = None  # sent instead of the file's bytes
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class FolderArchive:
     def chunks(self) -> Iterator[bytes]:
         for member in self.members:
             yield member.header
+            if member.content is not None:
+                yield member.content
+                if pad := _padding(member.size):
+                    yield b"\0" * pad
+                continue
             with member.path.open("rb") as handle:
                 left = member.size
                 while left > 0:
@@ -48,16 +54,23 @@ class FolderArchive:
         yield _END
 
 
-def folder_archive(folder: Path, root_name: str) -> FolderArchive:
-    """Every regular file under ``folder`` (symlinks and `*.pt` left out), under ``root_name/``."""
+def folder_archive(
+    folder: Path, root_name: str, replaced: dict[str, bytes] | None = None
+) -> FolderArchive:
+    """Every regular file under ``folder`` (symlinks and `*.pt` left out), under ``root_name/``;
+    ``replaced`` gives other content for some of them, by their path inside ``folder``."""
     members = []
     for path in sorted(folder.rglob("*")):
         if path.is_symlink() or not path.is_file() or path.suffix == ".pt":
             continue
+        name = path.relative_to(folder).as_posix()
         stat = path.stat()
-        info = tarfile.TarInfo(f"{root_name}/{path.relative_to(folder).as_posix()}")
-        info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o644
-        members.append(_Member(path, info.tobuf(format=tarfile.PAX_FORMAT), stat.st_size))
+        content = (replaced or {}).get(name)
+        info = tarfile.TarInfo(f"{root_name}/{name}")
+        info.size = stat.st_size if content is None else len(content)
+        info.mtime, info.mode = int(stat.st_mtime), 0o644
+        header = info.tobuf(format=tarfile.PAX_FORMAT)
+        members.append(_Member(path, header, info.size, content))
     return FolderArchive(tuple(members))
 
 

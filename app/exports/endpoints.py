@@ -84,7 +84,7 @@ def _artifact(ready: Ready) -> Response:
     disposition = {"Content-Disposition": f'attachment; filename="{ready.filename}"'}
     if not ready.is_folder:
         return FileResponse(ready.path, media_type="application/octet-stream", headers=disposition)
-    archive = folder_archive(ready.path, ready.filename.removesuffix(".tar"))
+    archive = folder_archive(ready.path, ready.filename.removesuffix(".tar"), ready.replaced)
     return StreamingResponse(
         archive.chunks(),
         media_type="application/x-tar",

@@ -17,6 +17,11 @@ EXPORT_PREFIX = "mexp-"
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 
 
+def export_folder(export_id: str) -> str:
+    """The storage folder an export's files are built in (and removed with, with its model)."""
+    return f"exports/{export_id}"
+
+
 class ExportRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -81,14 +86,9 @@ class ExportRepository:
         )
 
     def storage_keys(self, model_id: str) -> list[str]:
-        """Where a model's built exports lie, to remove them with the model."""
-        return [
-            key
-            for key in self.session.scalars(
-                select(ModelExport.storage_key).where(ModelExport.model_id == model_id)
-            )
-            if key
-        ]
+        """The folders of a model's exports (built or half built), to remove with the model."""
+        ids = self.session.scalars(select(ModelExport.id).where(ModelExport.model_id == model_id))
+        return [export_folder(export_id) for export_id in ids]
 
     def retry(self, export_id: str, at: datetime) -> bool:
         """failed -> queued, for an explicit new attempt."""

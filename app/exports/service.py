@@ -8,7 +8,8 @@ out), is sent again by the next ask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from tuna_core.exports import (
 # A queued export's message is sent again after this long without a worker taking it (a broker
 # that lost it); duplicates are harmless, a worker's claim is atomic.
 RESEND_AFTER = timedelta(minutes=5)
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Ready:
     path: Path
     filename: str
     is_folder: bool
+    # Files of the folder sent with other content (by their path inside it).
+    replaced: dict[str, bytes] = field(default_factory=dict)
 
 
 class ExportService:
@@ -63,7 +67,7 @@ class ExportService:
         model = self._model(project, model_id)
         key = self._key(model, export_format, quantization)
         if not needs_build(export_format, model.training_type):
-            return Ready(self._model_folder(model), download_name(model.id, key), is_folder=True)
+            return self._stored(model, key)
         row = self.exports.find(model.id, key) or self._create(project, model, key)
         if row.status == SUCCEEDED and row.storage_key:
             path = self.storage.path(row.storage_key)
@@ -90,7 +94,7 @@ class ExportService:
         model = self._model(project, model_id)
         key = self._key(model, export_format, quantization)
         if not needs_build(export_format, model.training_type):
-            return Ready(self._model_folder(model), download_name(model.id, key), is_folder=True)
+            return self._stored(model, key)
         row = self.exports.find(model.id, key)
         if row is None:
             return self._create(project, model, key)
@@ -149,6 +153,22 @@ class ExportService:
                 code="invalid_format",
             )
         return export_key(export_format, quantization)
+
+    def _stored(self, model: FineTunedModel, key: str) -> Ready:
+        folder = self._model_folder(model)
+        replaced = {}
+        if (folder / ADAPTER_CONFIG).is_file():
+            replaced[ADAPTER_CONFIG] = self._portable_adapter_config(folder, model.base_model)
+        return Ready(folder, download_name(model.id, key), is_folder=True, replaced=replaced)
+
+    def _portable_adapter_config(self, folder: Path, base_model: str) -> bytes:
+        """The adapter's config naming its base as the world knows it (the Hugging Face id where
+        the base has one), not as a folder of this server: peft loads it anywhere."""
+        config = json.loads((folder / ADAPTER_CONFIG).read_text())
+        info = find_offered_base_model(self.settings, base_model)
+        names = [*(info.aliases if info else ()), info.name if info else base_model]
+        config["base_model_name_or_path"] = next((n for n in names if "/" in n), names[-1])
+        return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
     def _model_folder(self, model: FineTunedModel) -> Path:
         path = self.storage.path(model.storage_key)

@@ -8,10 +8,12 @@ that names the status it found.
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -194,8 +196,13 @@ class FineTuningService:
             ]
         # LoRA on LoRA: the adapter is trained further as it is, with its own rank, alpha and
         # dropout (the source job stored the ones its adapter has; this one does too).
-        source_job = self.jobs.get_job(source.job_id)
-        stored = source_job.hyperparameters if source_job is not None else {}
+        source_job = self.jobs.get_job(source.job_id) if source.job_id else None
+        if source_job is not None:
+            stored = source_job.hyperparameters
+        else:  # an imported adapter: its own config tells its shape
+            stored = _imported_adapter_shape(
+                self.settings.resolved_storage_dir / source.storage_key
+            )
         adapter = {key: stored.get(key, EXTENSION_DEFAULTS[key]) for key in ADAPTER_KEYS}
         shape = (
             f"rank {adapter['lora_rank']}, alpha {adapter['lora_alpha']} and dropout "
@@ -506,3 +513,14 @@ def parse_metadata_filter(query: Iterable[tuple[str, str]]) -> tuple[dict[str, s
             "Do not combine metadata=null with metadata[key]=value filters.", param="metadata"
         )
     return pairs, is_null
+
+
+def _imported_adapter_shape(folder: Path) -> dict[str, Any]:
+    """rank, alpha and dropout of an imported peft adapter, named as our hyperparameters."""
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    shape = {"lora_rank": config.get("r"), "lora_alpha": config.get("lora_alpha")}
+    shape["lora_dropout"] = config.get("lora_dropout")
+    return {key: value for key, value in shape.items() if value is not None}
