@@ -9,6 +9,7 @@ import io
 import json
 import struct
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, WorkerProcess
+from tests.datasets import chat_jsonl
 from tests.model_fixtures import TINY, model_cache, tiny_dir  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
@@ -209,3 +211,39 @@ def _write_safetensors(path: Path, shapes: dict[str, list[int]]) -> None:
         offset += size
     encoded = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"\0" * offset)
+
+
+def test_an_imported_adapter_trains_further(
+    server: LiveServer, api: httpx.Client, adapter_dir: Path, worker: WorkerProcess
+) -> None:
+    """Continued training keeps the imported adapter's own shape (from its adapter_config)."""
+    model = import_model(api, file_id=upload(api, tar_of(adapter_dir)), base_model=TINY)
+    assert model.status_code == 200, model.text
+    training = api.post(
+        "/v1/files",
+        files={"file": ("train.jsonl", chat_jsonl(12))},
+        data={"purpose": "fine-tune"},
+    ).json()["id"]
+    job = api.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": model.json()["id"], "training_file": training, "auto_eval": False,
+              "hyperparameters": {"n_epochs": 1}},
+    )  # fmt: skip
+    assert job.status_code == 200, job.text
+    job_id = job.json()["id"]
+    deadline = time.monotonic() + 300
+    while (body := api.get(f"/v1/fine_tuning/jobs/{job_id}").json())["status"] not in {
+        "succeeded",
+        "failed",
+        "cancelled",
+    }:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert body["status"] == "succeeded", body["error"]
+    events = [
+        e["message"]
+        for e in api.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}).json()[
+            "data"
+        ]
+    ]
+    assert any("rank 4, alpha 8" in message for message in events), events
