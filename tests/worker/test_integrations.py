@@ -327,3 +327,125 @@ def test_integrations_that_cannot_run_never_fail_the_job(
     (mlflow_warning,) = [w for w in warnings if "MLflow" in w]
     assert "not installed" in mlflow_warning
     assert not (live.settings.data_dir / "mlflow").exists()
+
+
+# -- in one process: the callbacks of one attempt, on a database of their own ---------------
+
+DPO_STEP = {"train_loss": 0.69, "train_reward_accuracy": 0.5, "train_reward_margin": 0.01}
+
+
+@pytest.fixture
+def job_row(tmp_path: Path) -> Iterator[tuple[Any, str]]:
+    """A running DPO job with both integrations, on a SQLite database of its own."""
+    from app.db import Database
+    from app.migrate import upgrade
+    from app.orm import FineTuningJob, Project
+
+    url = f"sqlite:///{tmp_path / 'tuna.db'}"
+    upgrade(url)
+    database = Database(url)
+    job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
+    with database.session_scope() as session:
+        session.add(Project(id="proj_integrations", name="org"))
+        session.flush()
+        session.add(
+            FineTuningJob(
+                id=job_id,
+                project_id="proj_integrations",
+                model="tuna-tiny-test",
+                training_file="file-x",
+                seed=1,
+                method_type="dpo",
+                hyperparameters={"beta": "auto"},
+                status="running",
+                result_files=[],
+                worker_id="w",
+                attempt=1,
+                integrations=integrations("in-process", "in-process"),
+            )
+        )
+    yield database, job_id
+    database.dispose()
+
+
+def events_of(database: Any, job_id: str) -> list[tuple[str, str]]:
+    from app.fine_tuning.repository import FineTuningRepository
+
+    with database.session_scope() as session:
+        page = FineTuningRepository(session).list_events(job_id, after=None, limit=100)
+        return [(event.level, event.message) for event in reversed(page.items)]
+
+
+def test_a_call_that_fails_midway_is_one_warning_and_the_job_goes_on(
+    job_row: tuple[Any, str], tmp_path: Path
+) -> None:
+    """MLflow refuses a metric name (W&B takes it): MLflow stops with one warn event; W&B and
+    the job's own rows go on. A DPO job's metric names reach both."""
+    from app.files.storage import LocalStorage
+    from app.fine_tuning.repository import FineTuningRepository
+    from worker.integrations import JobIntegrations
+    from worker.job_callbacks import JobCallbacks, JobPlan
+
+    database, job_id = job_row
+    settings = make_settings(tmp_path / "data", None)
+    model_id = "ft:tuna-tiny-test:org::abcdefgh"
+    opened = JobIntegrations.open(
+        settings, database, job_id, model_id=model_id, base_model="tuna-tiny-test"
+    )
+    assert sorted(tracker.kind for tracker in opened.trackers) == ["mlflow", "wandb"]
+    storage = LocalStorage(tmp_path / "storage")
+    plan = JobPlan(
+        job_id=job_id,
+        worker_id="w",
+        attempt=1,
+        base_model="tuna-tiny-test",
+        model_id=model_id,
+        training_type="lora",
+        output_dir=storage.root / "jobs" / job_id,
+        method="dpo",
+    )
+    callbacks = JobCallbacks(database, storage, plan, opened)
+    callbacks.on_metrics(1, 3, DPO_STEP)
+    callbacks.on_metrics(2, 3, DPO_STEP | {"odd name?": 1.0})  # MLflow refuses the name
+    callbacks.on_metrics(3, 3, DPO_STEP)
+    with database.session_scope() as session:
+        jobs = FineTuningRepository(session)
+        assert [m["step"] for m in jobs.metrics_events(job_id)] == [1, 2, 3]
+        job = jobs.reload_job(job_id)
+        assert job is not None
+        job.status, job.fine_tuned_model = "succeeded", model_id
+    opened.finish_as_recorded()
+
+    warnings = [message for level, message in events_of(database, job_id) if level == "warn"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("The MLflow integration is not logging this job: it failed")
+    assert "odd name?" in warnings[0]
+    (run,) = mlflow_runs(settings, "in-process", job_id)
+    assert sorted(metric_steps(settings, run.info.run_id, "train_reward_accuracy")) == [1]
+    # Closed as failed when it stopped, saying why; the job's own status is not claimed there.
+    assert run.info.status == "FAILED" and "tuna.status" not in run.data.tags
+    assert "odd name?" in run.data.tags["tuna.integration_error"]
+    (wandb_run,) = wandb_runs(settings, job_id)
+    assert sorted(wandb_run.history) == [1, 2, 3]
+    assert wandb_run.history[3]["train_reward_margin"] == pytest.approx(0.01)
+    assert wandb_run.summary["status"] == "succeeded" and wandb_run.exit_code == 0
+
+
+def test_a_disabled_integration_says_so_once(job_row: tuple[Any, str], tmp_path: Path) -> None:
+    from worker.integrations import JobIntegrations
+
+    database, job_id = job_row
+    settings = make_settings(
+        tmp_path / "data", None, wandb_mode="disabled", mlflow_tracking_uri="nowhere://x"
+    )
+    opened = JobIntegrations.open(
+        settings, database, job_id, model_id="ft:x", base_model="tuna-tiny-test"
+    )
+    assert opened.trackers == []
+    opened.metrics(1, 1, DPO_STEP)
+    opened.finish_as_recorded()
+    warnings = [message for level, message in events_of(database, job_id) if level == "warn"]
+    assert len(warnings) == 2, warnings
+    assert "TUNA_WANDB_MODE=disabled" in warnings[0]
+    assert "MLflow" in warnings[1] and "could not start" in warnings[1]
+    assert not (tmp_path / "data" / "wandb").exists()

@@ -81,7 +81,11 @@ class Tracker(Protocol):
 
     def checkpoint(self, step: int, model_id: str, metrics: dict[str, float]) -> None: ...
 
-    def finish(self, status: FinalStatus, details: dict[str, Any]) -> None: ...
+    def finish(self, status: FinalStatus, details: dict[str, Any]) -> None:
+        """End the run with the job's status and details (`fine_tuned_model`, `error`, ...).
+        Without a status: with details (`integration_error`), the run ends as failed;
+        without, it is left to the attempt that now has the job."""
+        ...
 
 
 class IntegrationUnavailable(Exception):
@@ -163,8 +167,8 @@ class JobIntegrations:
             except Exception as exc:
                 logger.warning("job %s: %s integration did not start", job_id, kind, exc_info=True)
                 opened._warn(kind, f"its run could not start ({_describe(exc)})")
-                if tracker is not None:
-                    _quietly(tracker.finish, "failed", {})
+                if tracker is not None:  # a run it may have begun is closed as failed
+                    _quietly(tracker.finish, None, {"integration_error": _describe(exc)})
                 continue
             opened.trackers.append(tracker)
         return opened
@@ -247,7 +251,8 @@ class JobIntegrations:
                 )
                 self.trackers.remove(tracker)
                 self._warn(tracker.kind, f"it failed to {what} ({_describe(exc)}) and stopped")
-                _quietly(tracker.finish, "failed", {})
+                # Its run is closed as failed, saying why; the job's status is not set there.
+                _quietly(tracker.finish, None, {"integration_error": _describe(exc)})
 
     def _warn(self, kind: str, reason: str) -> None:
         name = INTEGRATION_NAMES.get(kind, kind)

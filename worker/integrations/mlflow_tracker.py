@@ -8,7 +8,8 @@ hyperparameters (resolved once training starts) as params; each step's metrics w
 step; each checkpoint as a tag (`tuna.checkpoint.step-N` = its `ft:` id, `tuna.latest_checkpoint`)
 and its whole-validation-file metrics; the final status as the run's status (FINISHED, FAILED,
 KILLED for a cancelled or paused job) and the tags `tuna.status`, `tuna.fine_tuned_model`,
-`tuna.error`. No artifacts are written.
+`tuna.error`; a run this integration stopped logging to on an error of its own ends FAILED
+with `tuna.integration_error`. No artifacts are written.
 """
 
 from __future__ import annotations
@@ -136,11 +137,11 @@ class MlflowTracker:
         if self.client is None or self.run_id is None:
             return
         client, self.client = self.client, None
-        if status is None:
+        if status is None and not details:
             return  # another attempt has the job and goes on with this run
         from mlflow.entities import RunTag
 
-        tags = [RunTag("tuna.status", status)]
+        tags = [RunTag("tuna.status", status)] if status is not None else []
         tags += [RunTag(f"tuna.{key}", str(value)[:5000]) for key, value in details.items()]
         client.log_batch(self.run_id, tags=tags)
-        client.set_terminated(self.run_id, _RUN_STATUS[status])
+        client.set_terminated(self.run_id, _RUN_STATUS[status] if status else "FAILED")

@@ -11,7 +11,8 @@ step's metrics (`train_loss`, `train_mean_token_accuracy`, `valid_*`, `full_vali
 reward metrics: `tuna_core.metrics`) at W&B step = the job's step; each checkpoint's model id and
 metrics in the summary (`checkpoints/step-N`, `latest_checkpoint`; no weights are uploaded);
 the job's final status (`status`, `fine_tuned_model`, `error`) in the summary, and the run
-finished with exit code 0 (succeeded, paused) or 1 (failed, cancelled).
+finished with exit code 0 (succeeded, paused) or 1 (failed, cancelled; or this integration
+stopped on an error of its own, named by `integration_error`).
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class WandbTracker:
         run, self.run = self.run, None
         if status is not None:
             run.summary["status"] = status
-            for key, value in details.items():
-                run.summary[key] = value
-        run.finish(exit_code=0 if status in ("succeeded", "paused", None) else 1)
+        for key, value in details.items():
+            run.summary[key] = value
+        # Failed: the job failed or was cancelled, or this integration stopped on an error.
+        failed = status in ("failed", "cancelled") or (status is None and bool(details))
+        run.finish(exit_code=1 if failed else 0)
