@@ -57,6 +57,17 @@ class Settings(BaseSettings):
         description="Matmul precision of training steps over float32 weights; auto: bf16 "
         "where the GPU or CPU multiplies bf16 natively, float32 elsewhere",
     )
+    training_processes: int = Field(
+        default=1,
+        ge=1,
+        description="Processes a worker trains each job on (one per GPU it owns; data "
+        "parallel: DDP for LoRA, FSDP2 for full fine-tuning). See docs/scaling.md",
+    )
+    max_job_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Attempts a job gets when one of its training processes dies; then it fails",
+    )
     job_eval_max_items: int = Field(
         default=100,
         ge=1,

@@ -215,6 +215,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         TUNA_ENABLE_TEST_MODELS="1" if settings.enable_test_models else "0",
         TUNA_TRAINING_QUEUE=settings.training_queue,
         TUNA_JOB_LEASE_SECONDS=str(settings.job_lease_seconds),
+        TUNA_TRAINING_PROCESSES=str(settings.training_processes),
     )
     return env
 

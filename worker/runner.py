@@ -201,7 +201,8 @@ class JobRunner:
             )
 
     def _train(self, plan: JobPlan, tokenized: dict[Path, Any]) -> None:
-        from worker.training import TrainingCancelled, TrainingPaused, train
+        from worker.training import TrainingCancelled, TrainingError, TrainingPaused
+        from worker.training.launch import RANK_LOST, train_on
 
         integrations = JobIntegrations.none(self.db, plan.job_id)
         try:
@@ -215,7 +216,7 @@ class JobRunner:
                 )
                 config = self._config(plan)
                 callbacks = JobCallbacks(self.db, self.storage, plan, integrations)
-                result = train(config, callbacks, tokenized)
+                result = train_on(self.settings.training_processes, config, callbacks, tokenized)
         except TrainingCancelled:
             return
         except TrainingPaused:
@@ -226,6 +227,10 @@ class JobRunner:
             return
         except BaseException as exc:  # every failure must surface on the job
             self._fail(plan.job_id, exc)
+        except TrainingError as exc:
+            if exc.code != RANK_LOST or not self._requeue(plan.job_id, str(exc)):
+                self._fail(plan.job_id, exc)
+            return
             if not isinstance(exc, Exception):
                 raise
             return
@@ -311,6 +316,13 @@ class JobRunner:
 
     def _fail(self, job_id: str, exc: BaseException) -> None:
         logger.exception("job %s failed", job_id, exc_info=exc)
+    def _requeue(self, job_id: str, reason: str) -> bool:
+        with self.db.session_scope() as session:
+            lifecycle = JobLifecycle(session)
+            return lifecycle.requeue_after_lost_process(
+                job_id, reason, self.settings.max_job_attempts
+            )
+
         with self.db.session_scope() as session:
             JobLifecycle(session).fail(job_id, describe_failure(exc), only_from={JobStatus.RUNNING})
 

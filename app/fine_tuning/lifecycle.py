@@ -138,6 +138,18 @@ class JobLifecycle:
         self.jobs.add_event(job_id, "Worker lost; job returned to the queue", level="warn")
         return True
 
+    def requeue_after_lost_process(self, job_id: str, reason: str, max_attempts: int) -> bool:
+        """running -> queued: one of the run's training processes died (its worker lives and
+        says so); the next attempt resumes from the last checkpoint. Up to ``max_attempts``
+        attempts: a process that keeps dying must end the job, not loop forever."""
+        job = self.jobs.reload_job(job_id)
+        if job is None or job.attempt >= max_attempts:
+            return False
+        if not transition(self.session, job_id, S.QUEUED, only_from={S.RUNNING}, enqueued_at=None):
+            return False
+        self.jobs.add_event(job_id, f"{reason} Job returned to the queue.", level="warn")
+        return True
+
     # -- the API ---------------------------------------------------------------------------
 
     def cancel(self, job: FineTuningJob) -> None:

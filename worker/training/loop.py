@@ -61,6 +61,7 @@ from tuna_core.model_folders import MODEL_INFO_FILE, write_model_info
 from worker.training.callbacks import TrainingCallbacks
 from worker.training.config import ResolvedHyperparameters, TrainingConfig, resolve_hyperparameters
 from worker.training.data import InvalidExample, epoch_batches
+from worker.training.distributed import Parallel
 from worker.training.kernels import compile_layers
 from worker.training.memory import (
     LayerCheckpointing,
@@ -69,7 +70,7 @@ from worker.training.memory import (
     describe_memory_plan,
     measure_activation_cost,
 )
-from worker.training.method import TrainingMethod, method_for
+from worker.training.method import RowLoss, TrainingMethod, method_for
 from worker.training.supervised import make_row_loss
 
 try:
@@ -151,6 +152,14 @@ def train(
         device = pick_device(config.device)
     except DeviceUnavailable as exc:
         raise TrainingError(str(exc), code="no_gpu") from exc
+    parallel = Parallel()  # this process's rank in the run's group (one process: rank 0 of 1)
+    if parallel.active and config.method == "dpo" and config.training_type == "full":
+        raise TrainingError(
+            "DPO full fine-tuning runs on one process; use training_type 'lora' to train it on "
+            "several, or a worker with TUNA_TRAINING_PROCESSES=1.",
+            code="invalid_training_type",
+            param="training_type",
+        )
 
     # 1. Base model and data ------------------------------------------------------------------
     callbacks.on_event("info", f"Loading base model {config.base_model}", None)
@@ -190,6 +199,13 @@ def train(
     else:
         hp = resolve_hyperparameters(len(train_examples), n_tokens, config)
     callbacks.on_hyperparameters(hp)
+    if hp.batch_size < parallel.world_size:
+        raise TrainingError(
+            f"batch_size {hp.batch_size} is smaller than the {parallel.world_size} processes "
+            "this run is split over; each needs at least one example per step.",
+            code="invalid_batch_size",
+            param="batch_size",
+        )
     steps_per_epoch = math.ceil(len(train_examples) / hp.batch_size)
     total_steps = hp.n_epochs * steps_per_epoch
     eval_every = config.eval_every_steps or max(1, total_steps // 20)
@@ -197,6 +213,9 @@ def train(
     # 3. Model, optimizer, schedule (seeded so LoRA's initialisation is reproducible) ------------
     _seed_everything(config.seed)
     model = _load_model(config, model_dir, device)
+    # Wrapped (DDP, FSDP2) before the optimizer exists: FSDP2 turns the parameters into shards.
+    plain_forward = method.row_loss(model)
+    forward = parallel.wrap(model, plain_forward, config.training_type, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, hp.learning_rate, config.weight_decay, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -206,7 +225,7 @@ def train(
     history: list[dict[str, float]] = []
     checkpoints: list[CheckpointInfo] = []
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        parallel.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _restore_rng(state["rng"])
         position = _Position(**state["position"])
@@ -218,7 +237,8 @@ def train(
             {"step": position.step, "resumed": True},
         )
 
-    compiled = _use_compile(config, device, n_tokens * hp.n_epochs)
+    # Not under DDP/FSDP yet: their hooks around compiled layers are not tested here.
+    compiled = _use_compile(config, device, n_tokens * hp.n_epochs) and not parallel.active
     run = _Run(
         config,
         model,
@@ -231,6 +251,9 @@ def train(
         compiled=compiled,
         fingerprint=fingerprint,
         method=method,
+        forward=forward,
+        probe_forward=plain_forward,
+        parallel=parallel,
     )
     # Anything the method computes once with the starting model (DPO: reference log-probs).
     prepared = method.prepare(
@@ -260,14 +283,18 @@ def train(
     longest_example = max(e.n_tokens for e in train_examples)
     for level, message in describe_memory_plan(run.memory, longest_example, longest_batch):
         callbacks.on_event(level, message, None)
+    processes = (
+        f" x {parallel.world_size} processes ({parallel.kind.upper()})" if parallel.active else ""
+    )
     callbacks.on_event(
         "info",
-        f"Training {config.training_type} for {total_steps} steps on {device.type}"
+        f"Training {config.training_type} for {total_steps} steps on {device.type}{processes}"
         + (" in bf16" if precision == "bf16" else ""),
         {
             "total_steps": total_steps,
-            "trainable_parameters": sum(p.numel() for p in trainable),
+            "trainable_parameters": sum(p.numel() for p in trainable) * _shards(parallel),
             "precision": precision,
+            "processes": parallel.world_size,
         },
     )
 
@@ -276,7 +303,7 @@ def train(
     for epoch in range(position.epoch, hp.n_epochs):
         batches = epoch_batches(len(train_examples), hp.batch_size, config.seed, epoch)
         for batch_index in range(position.batch if epoch == position.epoch else 0, len(batches)):
-            request = callbacks.should_stop()
+            request = parallel.decide(callbacks.should_stop())  # rank 0 owns the job
             if request == "cancel":
                 raise TrainingCancelled(position.step)
             if request == "pause":
@@ -285,7 +312,7 @@ def train(
                 raise TrainingPaused(path, position.step)
 
             started = time.perf_counter()
-            batch = [train_examples[i] for i in batches[batch_index]]
+            batch = parallel.share([train_examples[i] for i in batches[batch_index]])
             learning_rate = float(scheduler.get_last_lr()[0])  # what this step uses
             step_metrics, n_batch_tokens = run.train_step(batch, position.step)
             loss = step_metrics["train_loss"]
@@ -334,6 +361,8 @@ def train(
                 # The state lists the kept checkpoints, so a resumed run prunes the same ones.
                 run.save_checkpoint(path, position, history, checkpoints)
                 callbacks.on_checkpoint(position.step, path, checkpoint_metrics)
+                if not parallel.is_main:
+                    continue  # rank 0 owns the files
                 for old in dropped:
                     # Only ours: a run resumed from another run's folder leaves that one alone.
                     if old.path.resolve().is_relative_to(config.output_dir.resolve()):
@@ -343,7 +372,8 @@ def train(
 
     # 5. The final model ----------------------------------------------------------------------
     final_dir = run.save_model(config.output_dir / "final")
-    _sweep_unlisted(config.output_dir / "checkpoints", checkpoints)
+    if parallel.is_main:
+        _sweep_unlisted(config.output_dir / "checkpoints", checkpoints)
     callbacks.on_event("info", "Training finished", {"final_dir": str(final_dir)})
     return TrainingResult(
         final_dir=final_dir,
@@ -373,6 +403,9 @@ class _Run:
         compiled: bool = False,
         fingerprint: str | None = None,
         method: TrainingMethod | None = None,
+        forward: RowLoss | None = None,
+        probe_forward: RowLoss | None = None,
+        parallel: Parallel | None = None,
     ) -> None:
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.optimizer, self.scheduler, self.hp = optimizer, scheduler, hp
@@ -385,7 +418,9 @@ class _Run:
         self.row_tokens = row_tokens
         self.fingerprint = fingerprint or _fingerprint(config.training_file)
         self.method = method or method_for(config)
-        self.forward = self.method.row_loss(model)
+        self.parallel = parallel or Parallel()
+        # The loss of a row, through DDP/FSDP2 when the run has several processes.
+        self.forward = forward or self.method.row_loss(model)
         # Training steps run compiled; evaluation (no grad, eval mode: other graphs) runs eager
         # rather than compiling a second time for a few batches.
         self.compiled = compiled and compile_layers(model) > 0
@@ -393,7 +428,12 @@ class _Run:
         self.model.train()
         # Probed with supervised rows whatever the method: the backbone's activations dominate,
         # and a DPO row is two such sequences per pair.
-        probe = self.forward if self.method.name == "supervised" else make_row_loss(model)
+        # Forwards only: under DDP they go around the wrapper (it expects a backward after each
+        # forward with gradients); under FSDP2 through it (only it gathers the weights).
+        plain = probe_forward or self.forward
+        probe = plain if self.method.name == "supervised" else make_row_loss(model)
+        if self.parallel.kind == "fsdp":
+            probe = self.forward
         cost = measure_activation_cost(probe, self.checkpointing, device, self._probing)
         budget = activation_budget(device, model, optimizer, config.activation_memory_gib)
         self.memory = MemoryPlan(cost, budget)
@@ -406,18 +446,30 @@ class _Run:
     def train_step(self, batch: list[Any], step: int) -> tuple[dict[str, float], int]:
         """One optimizer step on ``batch``; returns (its train_* metrics, tokens processed)."""
         self.model.train()
+        parallel = self.parallel
         rows = self.method.pack(batch, self.max_row_tokens)
-        denominator = self.method.denominator(rows)
+        # Over the whole global batch: every rank's share (one process: this batch).
+        local = torch.tensor([self.method.denominator(rows), sum(r.n_tokens for r in rows)])
+        denominator, n_tokens = (int(v) for v in parallel.global_sum(local).tolist())
+        n_forwards = parallel.forwards(len(rows))
         self.optimizer.zero_grad(set_to_none=True)
         totals: torch.Tensor | None = None  # summed loss, then statistics; read once, below
         try:
-            for row in rows:
+            for index in range(n_forwards):
+                real = index < len(rows)  # else: a zero-weight forward to match other ranks
+                row = rows[index] if real else rows[0]
                 checkpointed = self.memory.checkpointed_layers(row.n_tokens)
-                with self._compile_fallback(), self.checkpointing.layers_checkpointed(checkpointed):
+                with (
+                    self._compile_fallback(),
+                    self.checkpointing.layers_checkpointed(checkpointed),
+                    parallel.gradient_sync(index == n_forwards - 1),
+                ):
                     with self._autocast():
                         row_loss, row_stats = self.forward(row, self.device)
-                    (row_loss / denominator).backward()
-                totals = _accumulate(totals, row_loss, row_stats)
+                    weight = parallel.loss_scale if real else 0
+                    (row_loss * weight / denominator).backward()
+                if real:
+                    totals = _accumulate(totals, row_loss, row_stats)
         except torch.OutOfMemoryError as exc:
             raise TrainingError(
                 f"Out of memory at step {step + 1} (batch of {len(batch)} examples, "
@@ -431,8 +483,8 @@ class _Run:
         self.optimizer.step()
         self.scheduler.step()
         assert totals is not None
-        metrics = self.method.metrics(totals.tolist(), denominator, "train")
-        return metrics, sum(row.n_tokens for row in rows)
+        metrics = self.method.metrics(parallel.global_sum(totals).tolist(), denominator, "train")
+        return metrics, n_tokens
 
     @torch.no_grad()
     def evaluate(self, examples: list[Any], split: str = "valid") -> dict[str, float]:
@@ -484,14 +536,22 @@ class _Run:
     # Checkpoints -------------------------------------------------------------------------------
 
     def save_model(self, target: Path) -> Path:
-        """Weights (adapter or full), tokenizer and tuna_model.json, written then renamed."""
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        write_model_info(tmp, self.config.base_model, self.config.training_type)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        """Weights (adapter or full), tokenizer and tuna_model.json, written then renamed.
+
+        Every rank calls it (FSDP gathers the shards); rank 0 writes."""
+        whole = self.parallel.model_state(self.model)
+        if self.parallel.is_main:
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            if whole is None:
+                self.model.save_pretrained(tmp)
+            else:
+                self.model.save_pretrained(tmp, state_dict=whole)
+            self.tokenizer.save_pretrained(tmp)
+            write_model_info(tmp, self.config.base_model, self.config.training_type)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        self.parallel.barrier()
         return target
 
     def save_checkpoint(
@@ -501,9 +561,14 @@ class _Run:
         history: list[dict[str, float]],
         checkpoints: list[CheckpointInfo],
     ) -> Path:
-        """Model files plus trainer_state.pt: everything needed to continue at ``position``."""
+        """Model files plus trainer_state.pt: everything needed to continue at ``position``.
+
+        Every rank calls it; rank 0 writes."""
         target.parent.mkdir(parents=True, exist_ok=True)
+        optimizer_state = self.parallel.optimizer_state(self.model, self.optimizer)
         self.save_model(target)
+        if not self.parallel.is_main:
+            return target
         state = {
             "version": _STATE_VERSION,
             "base_model": self.config.base_model,
@@ -513,7 +578,7 @@ class _Run:
             "training_file_sha256": self.fingerprint,
             "hyperparameters": self.hp.to_dict(),
             "position": vars(position).copy(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
             "rng": _capture_rng(),
             "history": history,
@@ -533,6 +598,11 @@ class _Run:
         if any(c.path == target for c in checkpoints):
             return target  # just written at this epoch end; identical state
         return self.save_checkpoint(target, position, history, checkpoints)
+
+
+def _shards(parallel: Parallel) -> int:
+    """Under FSDP each rank holds 1/world of the parameters: count them all."""
+    return parallel.world_size if parallel.kind == "fsdp" else 1
 
 
 def _sweep_unlisted(folder: Path, kept: list[CheckpointInfo]) -> None:

@@ -1,0 +1,111 @@
+"""Jobs on a worker that trains each job on two processes (TUNA_TRAINING_PROCESSES=2, gloo on
+this CPU): a job trains and publishes as on one, with the same losses; a training process
+SIGKILLed mid-job fails that attempt only, and the job resumes from its checkpoint and
+succeeds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import LiveServer, WorkerProcess, make_settings, serve_in_thread
+from tests.datasets import chat_jsonl
+from tests.worker.test_crash_resume import metrics_of
+from tests.worker.test_job_flow import all_events, upload, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def two_process_worker(tmp_path: Path):
+    from app.bootstrap import prepare
+    from app.main import create_app
+
+    settings = make_settings(tmp_path / "data", None, training_processes=2)
+    prepare(settings)
+    app = create_app(settings)
+    url, stop = serve_in_thread(app)
+    live = LiveServer(app=app, settings=settings, url=url, backend="sqlite")
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    worker.start()
+    yield live, worker
+    worker.stop()
+    stop()
+
+
+def create(client: openai.OpenAI, training_file: str, n_epochs: int) -> str:
+    return client.fine_tuning.jobs.create(
+        model="tuna-tiny-test",
+        training_file=training_file,
+        seed=7,
+        method={
+            "type": "supervised",
+            "supervised": {
+                "hyperparameters": {"n_epochs": n_epochs, "batch_size": 4, "lora_dropout": 0.0}
+            },
+        },
+        extra_body={"auto_eval": False},
+    ).id
+
+
+def rank_processes() -> list[int]:
+    """Pids of `python -m worker.training --rank ...` processes (the workers' other ranks)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"worker.training" in argv and b"--rank" in argv:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_job_trains_on_two_processes(two_process_worker) -> None:
+    live, _worker = two_process_worker
+    client = live.client(live.new_key())
+    job_id = create(client, upload(client, chat_jsonl(16)), n_epochs=2)
+    job = wait_for(client, job_id, {"succeeded", "failed"})
+    assert job.status == "succeeded", job.error
+    messages = [e.message for e in all_events(client, job_id)]
+    assert any("x 2 processes (DDP)" in m for m in messages), messages
+    reply = client.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=[{"role": "user", "content": "What is 2 plus 2?"}],
+        max_tokens=4,
+    )
+    assert reply.choices[0].message is not None
+    assert not rank_processes()  # the other rank ended with the run
+
+
+def test_a_killed_training_process_fails_the_attempt_and_the_job_resumes(
+    two_process_worker,
+) -> None:
+    live, _worker = two_process_worker
+    client = live.client(live.new_key())
+    job_id = create(client, upload(client, chat_jsonl(16)), n_epochs=4)
+    deadline = time.monotonic() + 180
+    while True:  # past the first epoch's checkpoint (4 steps an epoch)
+        steps = [m["step"] for m in metrics_of(client, job_id)]
+        if steps and max(steps) >= 6:
+            break
+        assert time.monotonic() < deadline, "the job did not get going"
+        time.sleep(0.2)
+    (rank_one,) = rank_processes()
+    os.kill(rank_one, signal.SIGKILL)
+
+    job = wait_for(client, job_id, {"succeeded", "failed"}, timeout=300)
+    assert job.status == "succeeded", job.error
+    messages = [e.message for e in all_events(client, job_id)]
+    assert any("Training process 1 of 2 ended (signal 9)" in m for m in messages), messages
+    resumed = [m for m in messages if m.startswith("Resumed from step ")]
+    assert len(resumed) == 1 and resumed[0].endswith("(attempt 2)"), messages
+    assert int(resumed[0].split()[3]) % 4 == 0  # an epoch's checkpoint
+    steps = [m["step"] for m in metrics_of(client, job_id)]
+    assert sorted(set(steps)) == list(range(1, 17))
