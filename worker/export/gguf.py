@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tuna_core.exports import GGUF_TYPES  # the one list of names, shared with the API
 from worker.export.atomic import staged_file
 from worker.export.errors import UnsupportedExport
 from worker.export.gguf_llama import (
@@ -26,8 +27,6 @@ from worker.export.gguf_llama import (
     read_llama_config,
 )
 from worker.export.gguf_vocab import add_bpe_vocab
-
-GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0")
 
 
 def write_gguf(model_dir: Path, target: Path, quantization: str) -> Path:
