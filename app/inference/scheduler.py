@@ -60,6 +60,8 @@ class _Owner:
     prompt: PromptChoices
     position: int  # of the choice within its prompt's choices
     constraint: RowConstraint | None = None  # structured output: the row's grammar state
+    # logit_bias as (token ids, values) on the logits' device: built at the row's first token.
+    bias: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def choice(self) -> Choice:
@@ -241,11 +243,9 @@ class Scheduler:
         """Pick each row's next token (per prompt: its sampling, penalties and generator); a
         row under a grammar picks only among the tokens it allows."""
         for i, row in enumerate(rows):
-            bias = row.owner.request.params.logit_bias
-            if bias:
-                ids = torch.tensor([token for token, _ in bias], device=logits.device)
-                values = torch.tensor([value for _, value in bias], dtype=logits.dtype)
-                logits[i].index_add_(0, ids, values.to(logits.device))
+            if row.owner.request.params.logit_bias:
+                ids, values = row.owner.bias or _bias_tensors(row.owner, logits)
+                logits[i].index_add_(0, ids, values)
         constraints = [row.owner.constraint for row in rows]
         if any(constraint is not None for constraint in constraints):
             apply_constraints(logits, constraints)
@@ -315,6 +315,15 @@ class Scheduler:
         if failure is not None:
             request.emit(failure)
         request.emit(DONE)
+
+
+def _bias_tensors(owner: _Owner, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row's logit_bias as tensors, built once (not at every token)."""
+    bias = owner.request.params.logit_bias
+    ids = torch.tensor([token for token, _ in bias], device=logits.device)
+    values = torch.tensor([value for _, value in bias], dtype=logits.dtype, device=logits.device)
+    owner.bias = (ids, values)
+    return owner.bias
 
 
 def _check_logit_bias(request: Request) -> None:
