@@ -135,6 +135,18 @@ class Settings(BaseSettings):
         description="How often each worker looks for due webhook deliveries (besides the "
         "message sent after each event)",
     )
+    webhook_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Delivered and failed webhook deliveries older than this are deleted by "
+        "the workers (at most hourly), with the events that have no delivery left",
+    )
+    webhook_secret_grace_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="After rotate_secret, how long deliveries are also signed with the old "
+        "secret (a second signature); 0: only the new one",
+    )
 
     # A job's integrations (see docs/fine-tuning.md#integrations): where its runs are logged.
     wandb_mode: Literal["offline", "online", "disabled"] = Field(

@@ -9,6 +9,12 @@ receiver may see an event more than once (a worker dying between its POST and th
 
 Called from the `tuna.deliver_webhooks` task (sent after each event commits) and from a thread
 in every worker that polls for due deliveries, so a lost message or a restart loses nothing.
+Those passes also prune, at most once an hour per process (`WebhookDeliverer.prune`):
+delivered and failed deliveries older than `webhook_retention_days` go, and so do the events
+left without a delivery.
+
+After a secret rotation, the `webhook-signature` header carries two signatures (`v1,<new>
+v1,<old>`, Standard Webhooks' space-separated list) until the old secret's grace period ends.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import hmac
 import json
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 
@@ -33,6 +39,7 @@ logger = logging.getLogger("tuna.webhooks")
 
 USER_AGENT = "Tuna"
 BATCH = 50
+PRUNE_EVERY_SECONDS = 3600.0
 
 
 def event_body(event: WebhookEvent) -> str:
@@ -54,6 +61,16 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: str) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+def signatures(endpoint: WebhookEndpoint, webhook_id: str, timestamp: int, body: str) -> str:
+    """The `webhook-signature` header: the current secret's signature, then the previous
+    secret's while its grace period after a rotation lasts."""
+    header = sign(endpoint.secret, webhook_id, timestamp, body)
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret and expires is not None and expires > utcnow():
+        header += " " + sign(endpoint.previous_secret, webhook_id, timestamp, body)
+    return header
+
+
 def backoff(settings: Settings, attempts: int) -> timedelta:
     """The wait after the `attempts`-th failed attempt: base * 2^(attempts-1), capped."""
     seconds = settings.webhook_retry_base_seconds * 2 ** max(attempts - 1, 0)
@@ -71,9 +88,30 @@ class WebhookDeliverer:
         )
         # A claim outlives the POST's timeout, so a slow receiver is never posted twice at once.
         self.lease = timedelta(seconds=settings.webhook_timeout_seconds * 3 + 5)
+        self._pruned_at: float | None = None
+
+    def prune(self, now: datetime | None = None) -> tuple[int, int]:
+        """Delete finished deliveries past the retention and the events left without one;
+        (deliveries, events) deleted."""
+        cutoff = (now or utcnow()) - timedelta(days=self.settings.webhook_retention_days)
+        with self.db.session_scope() as session:
+            counts = WebhookRepository(session).prune(cutoff)
+        if any(counts):
+            logger.info("pruned %d webhook deliveries and %d events", *counts)
+        return counts
 
     def deliver_due(self) -> int:
-        """Post every delivery that is due now; how many were attempted."""
+        """Post every delivery that is due now (pruning first, if an hour has passed since this
+        process last did); how many were attempted."""
+        clock = time.monotonic()
+        if self._pruned_at is None or clock - self._pruned_at >= PRUNE_EVERY_SECONDS:
+            self._pruned_at = clock
+            try:
+                self.prune()
+            except Exception:
+                logger.warning(
+                    "pruning webhook deliveries failed; retried in an hour", exc_info=True
+                )
         attempted = 0
         while True:
             now = utcnow()
@@ -134,7 +172,7 @@ class WebhookDeliverer:
             "user-agent": USER_AGENT,
             "webhook-id": event.id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(endpoint.secret, event.id, timestamp, body),
+            "webhook-signature": signatures(endpoint, event.id, timestamp, body),
         }
         try:
             response = self.client.post(endpoint.url, content=body.encode(), headers=headers)

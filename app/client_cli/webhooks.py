@@ -1,7 +1,8 @@
-"""`tuna webhooks`: register, list, inspect and remove webhook endpoints.
+"""`tuna webhooks`: register, list, inspect, update and remove webhook endpoints.
 
-`create` prints the endpoint's signing secret (`whsec_...`) once: the server never shows it
-again. `show` adds the endpoint's recent deliveries (status, attempts, last HTTP status/error).
+`create` and `rotate-secret` print the endpoint's signing secret (`whsec_...`) once: the server
+never shows it again. `show` adds the endpoint's recent deliveries (status, attempts, last HTTP
+status/error). `update` changes only the options given (`--enable`/`--disable` included).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def _delivery_status(status: str) -> str:
 
 def _events(endpoint: dict[str, Any]) -> str:
     return ", ".join(endpoint.get("events") or []) or "-"
+
+
+def _state(endpoint: dict[str, Any]) -> str:
+    return "[green]enabled[/]" if endpoint.get("enabled", True) else "[red]disabled[/]"
 
 
 @click.group()
@@ -75,12 +80,13 @@ def webhooks_ls(ctx: Ctx, limit: int) -> None:
         ctx.out.print("No webhook endpoints yet. Add one with `tuna webhooks create URL`.")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ID", "URL", "EVENTS", "DESCRIPTION", "CREATED"):
+    for column in ("ID", "URL", "STATE", "EVENTS", "DESCRIPTION", "CREATED"):
         table.add_column(column, no_wrap=True)
     for endpoint in data:
         table.add_row(
             endpoint["id"],
             escape(endpoint.get("url") or ""),
+            _state(endpoint),
             escape(_events(endpoint)),
             escape(endpoint.get("description") or ""),
             when(endpoint.get("created_at")),
@@ -102,6 +108,7 @@ def webhooks_show(ctx: Ctx, webhook_id: str, limit: int) -> None:
         ctx.emit_json({"webhook": endpoint, "deliveries": deliveries})
         return
     ctx.out.print(f"[bold]{escape(endpoint.get('url') or '')}[/] ({webhook_id})", highlight=False)
+    ctx.out.print(f"state:   {_state(endpoint)}", highlight=False)
     ctx.out.print(f"events:  {escape(_events(endpoint))}", highlight=False)
     if endpoint.get("description"):
         ctx.out.print(f"about:   {escape(endpoint['description'])}", highlight=False)
@@ -126,6 +133,77 @@ def webhooks_show(ctx: Ctx, webhook_id: str, limit: int) -> None:
             escape((delivery.get("last_error") or "")[:120]),
         )
     ctx.out.print(table)
+
+
+@webhooks.command("update")
+@click.argument("webhook_id")
+@click.option("--url", default=None, help="Post to this URL instead.")
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    metavar="TYPE",
+    help="Subscribe to exactly these event types (repeat); replaces the current list.",
+)
+@click.option("--all-events", is_flag=True, help="Subscribe to every event type, later ones too.")
+@click.option(
+    "--enable/--disable",
+    "enabled",
+    default=None,
+    help="A disabled endpoint gets no new deliveries; its pending ones wait until enabled.",
+)
+@click.option("--description", default=None, help="A new note ('' clears it).")
+@api_command
+def webhooks_update(
+    ctx: Ctx,
+    webhook_id: str,
+    url: str | None,
+    events: tuple[str, ...],
+    all_events: bool,
+    enabled: bool | None,
+    description: str | None,
+) -> None:
+    """Change an endpoint: only the options given change."""
+    if events and all_events:
+        raise click.UsageError("give --event or --all-events, not both")
+    body: dict[str, Any] = {}
+    if url is not None:
+        body["url"] = url
+    if events:
+        body["events"] = list(events)
+    if all_events:
+        body["events"] = None
+    if enabled is not None:
+        body["enabled"] = enabled
+    if description is not None:
+        body["description"] = description or None
+    if not body:
+        raise click.UsageError("nothing to change: give at least one option")
+    endpoint = ctx.client.post(f"/v1/webhooks/{webhook_id}", body)
+    if ctx.json:
+        ctx.emit_json(endpoint)
+        return
+    ctx.out.print(f"Updated {endpoint['id']}", highlight=False)
+    ctx.out.print(f"url:     {escape(endpoint.get('url') or '')}", highlight=False)
+    ctx.out.print(f"state:   {_state(endpoint)}", highlight=False)
+    ctx.out.print(f"events:  {escape(_events(endpoint))}", highlight=False)
+
+
+@webhooks.command("rotate-secret")
+@click.argument("webhook_id")
+@api_command
+def webhooks_rotate_secret(ctx: Ctx, webhook_id: str) -> None:
+    """Give an endpoint a new signing secret; print it (shown only this once)."""
+    endpoint = ctx.client.post(f"/v1/webhooks/{webhook_id}/rotate_secret")
+    if ctx.json:
+        ctx.emit_json(endpoint)
+        return
+    ctx.out.print(f"secret: {endpoint.get('secret')}", highlight=False)
+    ctx.err.print(
+        "Store the new secret now: it is shown only once. For a while (a day by default) "
+        "deliveries are signed with both the old and the new secret.",
+        highlight=False,
+    )
 
 
 @webhooks.command("rm")

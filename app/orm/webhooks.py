@@ -31,6 +31,10 @@ class WebhookEndpoint(Base):
     metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, default=None)
     # `whsec_<base64>`; shown once, on create. Kept in the clear: the worker signs with it.
     secret: Mapped[str] = mapped_column(String(128))
+    # The secret before the last rotate_secret: deliveries are signed with it too (a second
+    # signature) until `previous_secret_expires_at`, so a receiver can switch over.
+    previous_secret: Mapped[str | None] = mapped_column(String(128), default=None)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from app.auth import CurrentProject, SessionDep
 from app.webhooks.schemas import (
     CreateWebhookRequest,
+    UpdateWebhookRequest,
     WebhookDeliveryList,
     WebhookDeliveryObject,
     WebhookEndpointDeleted,
@@ -24,8 +25,9 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 OrderParam = Literal["asc", "desc"]
 
 
-def webhook_service(session: SessionDep) -> WebhookService:
-    return WebhookService(session)
+def webhook_service(request: Request, session: SessionDep) -> WebhookService:
+    settings = request.app.state.settings
+    return WebhookService(session, secret_grace_seconds=settings.webhook_secret_grace_seconds)
 
 
 Webhooks = Annotated[WebhookService, Depends(webhook_service)]
@@ -64,6 +66,27 @@ def retrieve_webhook(
 ) -> WebhookEndpointObject:
     row = hooks.get(project, webhook_id)
     return WebhookEndpointObject.of(row, events_of(row))
+
+
+@router.post("/{webhook_id}", response_model=WebhookEndpointObject)
+def update_webhook(
+    webhook_id: str, body: UpdateWebhookRequest, project: CurrentProject, hooks: Webhooks
+) -> WebhookEndpointObject:
+    """Change any of `url`, `events` (null: every type), `description`, `metadata`, `enabled`;
+    the fields left out keep their value. A disabled endpoint gets no new deliveries and its
+    pending ones wait until it is enabled again."""
+    row = hooks.update(project, webhook_id, body)
+    return WebhookEndpointObject.of(row, events_of(row))
+
+
+@router.post("/{webhook_id}/rotate_secret", response_model=WebhookEndpointObject)
+def rotate_webhook_secret(
+    webhook_id: str, project: CurrentProject, hooks: Webhooks
+) -> WebhookEndpointObject:
+    """A new `secret` (`whsec_...`), shown only in this answer. Deliveries are signed with it
+    and, for `TUNA_WEBHOOK_SECRET_GRACE_SECONDS` (a day), also with the old one."""
+    row = hooks.rotate_secret(project, webhook_id)
+    return WebhookEndpointObject.of(row, events_of(row), with_secret=True)
 
 
 @router.delete("/{webhook_id}", response_model=WebhookEndpointDeleted)

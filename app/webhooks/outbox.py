@@ -1,9 +1,10 @@
 """Emit a webhook event inside the transaction of the change it tells of.
 
-`emit` writes the event and one pending delivery per subscribed endpoint; nothing is posted
-here. Once the caller's transaction commits, the process's delivery nudge (a Celery message,
-installed on the `Database` by `install_nudge`) asks a worker to post them now; a failed nudge
-is only logged, since every worker also polls for due deliveries (`worker.webhooks`).
+`emit` writes the event and one pending delivery per subscribed endpoint (nothing at all when
+no enabled endpoint of the project is subscribed); nothing is posted here. Once the caller's
+transaction commits, the process's delivery nudge (a Celery message, installed on the
+`Database` by `install_nudge`) asks a worker to post them now; a failed nudge is only logged,
+since every worker also polls for due deliveries (`worker.webhooks`).
 """
 
 from __future__ import annotations
@@ -28,18 +29,22 @@ def install_nudge(database: Database, nudge: Callable[[], None]) -> None:
     database.sessions.configure(info={_NUDGE: nudge})
 
 
-def emit(session: Session, project_id: str, event_type: str, object_id: str) -> str:
-    """Write the event `{"id": object_id}` of `event_type` and its deliveries; its id."""
+def emit(session: Session, project_id: str, event_type: str, object_id: str) -> str | None:
+    """Write the event `{"id": object_id}` of `event_type` and one delivery per enabled endpoint
+    subscribed to it; the event's id, or None (and nothing written) when no endpoint is."""
     assert event_type in EVENT_TYPES, event_type
-    now = utcnow()
     hooks = WebhookRepository(session)
-    event = hooks.add_event(project_id, event_type, {"id": object_id}, now)
     endpoints = hooks.subscribed_endpoints(project_id, event_type)
+    if not endpoints:
+        return None
+    now = utcnow()
+    event = hooks.add_event(project_id, event_type, {"id": object_id}, now)
+    session.flush()  # the event's row before its deliveries' (their foreign key)
     for endpoint in endpoints:
         hooks.add_delivery(event.id, endpoint.id, now)
     session.flush()
     nudge = session.info.get(_NUDGE)
-    if endpoints and nudge is not None:
+    if nudge is not None:
 
         def send() -> None:
             try:

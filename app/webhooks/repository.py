@@ -2,6 +2,8 @@
 
 A delivery is posted only by the worker that holds its lease: `claim_due` takes it with a
 conditional UPDATE (`lease_expires_at` empty or past), so of two workers exactly one gets it.
+Deliveries to a disabled endpoint are neither due nor claimable: they wait, pending, until it is
+enabled again.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.ids import new_id
@@ -22,6 +24,12 @@ EVENT_PREFIX = "evt_"
 DELIVERY_PREFIX = "whdel_"
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+def _to_enabled_endpoint() -> Any:
+    return WebhookDelivery.endpoint_id.in_(
+        select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True))
+    )
 
 
 class WebhookRepository:
@@ -134,6 +142,7 @@ class WebhookRepository:
                         WebhookDelivery.lease_expires_at.is_(None),
                         WebhookDelivery.lease_expires_at < now,
                     ),
+                    _to_enabled_endpoint(),
                 )
                 .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
                 .limit(limit)
@@ -152,6 +161,7 @@ class WebhookRepository:
                     WebhookDelivery.lease_expires_at.is_(None),
                     WebhookDelivery.lease_expires_at < now,
                 ),
+                _to_enabled_endpoint(),
             )
             .values(lease_expires_at=lease_until)
             .execution_options(synchronize_session=False)
@@ -180,3 +190,21 @@ class WebhookRepository:
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def prune(self, before: datetime) -> tuple[int, int]:
+        """Delete delivered and failed deliveries created before `before`, then every event
+        that has no delivery left; (deliveries, events) deleted. Pending ones stay."""
+        deliveries = self.session.execute(
+            delete(WebhookDelivery)
+            .where(
+                WebhookDelivery.status.in_((DELIVERED, FAILED)),
+                WebhookDelivery.created_at < before,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        events = self.session.execute(
+            delete(WebhookEvent)
+            .where(~exists().where(WebhookDelivery.event_id == WebhookEvent.id))
+            .execution_options(synchronize_session=False)
+        )
+        return deliveries.rowcount, events.rowcount  # type: ignore[attr-defined]

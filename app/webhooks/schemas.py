@@ -23,6 +23,19 @@ class CreateWebhookRequest(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
+class UpdateWebhookRequest(BaseModel):
+    """Only the fields given change. `events: null` subscribes to every type (later ones too);
+    `description: null` and `metadata: null` clear them; `url` and `enabled` cannot be null."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    events: list[Any] | None = None
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+    enabled: bool | None = None
+
+
 class WebhookEndpointObject(BaseModel):
     object: Literal["webhook_endpoint"] = "webhook_endpoint"
     id: str
@@ -30,8 +43,10 @@ class WebhookEndpointObject(BaseModel):
     events: list[str]
     description: str | None
     metadata: dict[str, str] | None
+    # A disabled endpoint gets no new deliveries; its pending ones wait until it is enabled.
+    enabled: bool
     created_at: int
-    # Only the answer to the create carries the signing secret.
+    # Only the answers to the create and to rotate_secret carry the signing secret.
     secret: str | None = None
 
     @classmethod
@@ -44,6 +59,7 @@ class WebhookEndpointObject(BaseModel):
             events=events,
             description=row.description,
             metadata=row.metadata_,
+            enabled=row.enabled,
             created_at=unix(row.created_at) or 0,
             secret=row.secret if with_secret else None,
         )

@@ -1,7 +1,9 @@
 """Webhooks end to end: a real worker posts signed events to a local receiver.
 
 The receiver is a plain `http.server` on 127.0.0.1; every body it gets is checked with the
-official SDK's `client.webhooks.unwrap`, exactly as a user's receiver would check OpenAI's.
+official SDK's `client.webhooks.unwrap`, exactly as a user's receiver would check OpenAI's:
+a job's events, an eval run's (completed, and canceled through the API), retries, a rotated
+secret (both secrets sign during the grace period), a disabled endpoint, pruning.
 """
 
 from __future__ import annotations
@@ -20,19 +22,21 @@ from typing import Any
 
 import openai
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.bootstrap import prepare
 from app.config import Settings
 from app.main import create_app
-from app.orm import WebhookDelivery
+from app.orm import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from app.orm.base import utcnow
 from app.webhooks.outbox import emit
 from app.webhooks.repository import WebhookRepository
 from tests.conftest import LiveServer, WorkerProcess, make_settings, serve_in_thread
 from tests.datasets import chat_jsonl
+from tests.worker.test_eval_runs import ROWS, create_eval, data_source, wait_for_run
+from tests.worker.test_eval_runs import upload as upload_items
 from tests.worker.test_job_flow import create_job, upload, wait_for
-from worker.webhooks import backoff
+from worker.webhooks import PRUNE_EVERY_SECONDS, WebhookDeliverer, backoff
 
 
 @dataclass
@@ -246,8 +250,6 @@ def test_a_worker_killed_mid_delivery_loses_nothing(
 
 
 def _project_of(session: Any, endpoint_id: str) -> str:
-    from app.orm import WebhookEndpoint
-
     row = session.get(WebhookEndpoint, endpoint_id)
     assert row is not None
     return str(row.project_id)
@@ -283,3 +285,212 @@ def test_a_delivery_is_claimed_by_one_worker_at_a_time(server: LiveServer, api_k
         assert hooks.claim(delivery["id"], later, later + timedelta(seconds=30))
         # The loser of the lease cannot record an outcome.
         assert not hooks.record(delivery["id"], now + timedelta(seconds=30), status="delivered")
+
+
+def test_a_rotated_secret_signs_with_both_secrets_during_the_grace_period(
+    server: LiveServer,
+    api_key: str,
+    client: openai.OpenAI,
+    worker: WorkerProcess,
+    receiver: Receiver,
+) -> None:
+    """After rotate_secret a delivery carries `v1,<new> v1,<old>`: the SDK verifies it with
+    either secret. Once the grace period is over only the new secret signs."""
+    endpoint = register(server, api_key, receiver.url, events=["eval.run.failed"])
+    http = server.http(api_key)
+    rotated = http.post(f"/v1/webhooks/{endpoint['id']}/rotate_secret").json()
+    old, new = endpoint["secret"], rotated["secret"]
+    assert new != old
+    with server.app.state.db.session_scope() as session:
+        project_id = _project_of(session, endpoint["id"])
+        first = emit(session, project_id, "eval.run.failed", "evalrun_rot1")
+    [got] = receiver.wait(1)
+    assert got.headers["webhook-id"] == first
+    assert len(got.headers["webhook-signature"].split()) == 2
+    assert unwrap(client, new, got).data.id == "evalrun_rot1"
+    assert unwrap(client, old, got).data.id == "evalrun_rot1"
+    # The grace period ends: the old secret no longer verifies, the new one does.
+    with server.app.state.db.session_scope() as session:
+        session.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoint["id"])
+            .values(previous_secret_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        second = emit(session, project_id, "eval.run.failed", "evalrun_rot2")
+    got = receiver.wait(2)[1]
+    assert got.headers["webhook-id"] == second
+    assert len(got.headers["webhook-signature"].split()) == 1
+    assert unwrap(client, new, got).data.id == "evalrun_rot2"
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        unwrap(client, old, got)
+
+
+def test_a_disabled_endpoint_is_posted_to_again_once_enabled(
+    server: LiveServer,
+    api_key: str,
+    client: openai.OpenAI,
+    worker: WorkerProcess,
+    receiver: Receiver,
+) -> None:
+    """The first attempt fails; the endpoint is disabled before the retry is due: nothing is
+    posted while it is disabled, and the pending delivery goes out once it is enabled."""
+    receiver.answers = [500]
+    endpoint = register(server, api_key, receiver.url, events=["eval.run.failed"])
+    path = f"/v1/webhooks/{endpoint['id']}"
+    http = server.http(api_key)
+    with server.app.state.db.session_scope() as session:
+        event_id = emit(session, _project_of(session, endpoint["id"]), "eval.run.failed", "r")
+    receiver.wait(1)
+    assert http.post(path, json={"enabled": False}).json()["enabled"] is False
+    # The retry was due 5 s after the failure (TUNA_WEBHOOK_RETRY_BASE_SECONDS).
+    time.sleep(settings_retry_base(server) + 3)
+    assert len(receiver.received) == 1
+    [delivery] = deliveries(server, api_key, endpoint["id"])
+    assert (delivery["status"], delivery["attempts"]) == ("pending", 1)
+    http.post(path, json={"enabled": True})
+    got = receiver.wait(2, timeout=30)
+    assert [one.headers["webhook-id"] for one in got] == [event_id] * 2
+    unwrap(client, endpoint["secret"], got[1])
+
+
+def settings_retry_base(server: LiveServer) -> float:
+    return server.settings.webhook_retry_base_seconds
+
+
+def test_old_finished_deliveries_and_their_events_are_pruned(
+    server: LiveServer, api_key: str
+) -> None:
+    """Back-dated rows: delivered and failed deliveries past the retention go, with the events
+    left without a delivery; pending and recent ones stay; an event whose endpoint was
+    deleted goes too."""
+    keep = register(server, api_key, "http://127.0.0.1:9/keep", events=["eval.run.failed"])
+    gone = register(server, api_key, "http://127.0.0.1:9/gone", events=["eval.run.canceled"])
+    db = server.app.state.db
+    now = utcnow()
+    old = now - timedelta(days=server.settings.webhook_retention_days, hours=1)
+    recent = now - timedelta(days=server.settings.webhook_retention_days - 1)
+    # (status, created_at) of each event's one delivery; never due, so no worker posts it.
+    rows = {
+        "old_delivered": ("delivered", old),
+        "old_failed": ("failed", old),
+        "old_pending": ("pending", old),
+        "recent_delivered": ("delivered", recent),
+    }
+    ids: dict[str, str] = {}
+    with db.session_scope() as session:
+        project_id = _project_of(session, keep["id"])
+        for name, (status, created_at) in rows.items():
+            event_id = emit(session, project_id, "eval.run.failed", name)
+            assert event_id is not None
+            ids[name] = event_id
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.event_id == event_id)
+                .values(
+                    status=status,
+                    created_at=created_at,
+                    next_attempt_at=now + timedelta(days=1) if status == "pending" else None,
+                )
+            )
+            session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id == event_id)
+                .values(created_at=created_at)
+            )
+        orphan = emit(session, project_id, "eval.run.canceled", "orphan")
+        assert orphan is not None
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.event_id == orphan)
+            .values(next_attempt_at=now + timedelta(days=1))
+        )
+    server.http(api_key).delete(f"/v1/webhooks/{gone['id']}")
+
+    # (A worker of the suite may prune some of them first: the outcome is the same.)
+    WebhookDeliverer(server.settings, db).prune()
+    with db.session_scope() as session:
+        left = set(
+            session.scalars(
+                select(WebhookEvent.id).where(WebhookEvent.id.in_([*ids.values(), orphan]))
+            )
+        )
+        statuses = set(
+            session.scalars(
+                select(WebhookDelivery.status).where(
+                    WebhookDelivery.event_id.in_(list(ids.values()))
+                )
+            )
+        )
+    assert left == {ids["old_pending"], ids["recent_delivered"]}
+    assert statuses == {"pending", "delivered"}
+    assert [d["event_id"] for d in deliveries(server, api_key, keep["id"])] == [
+        ids["recent_delivered"],
+        ids["old_pending"],
+    ]
+
+
+def test_deliver_due_prunes_at_most_hourly(server: LiveServer) -> None:
+    deliverer = WebhookDeliverer(server.settings, server.app.state.db)
+    calls: list[object] = []
+    deliverer.prune = lambda now=None: calls.append(now) or (0, 0)  # type: ignore[method-assign]
+    deliverer.deliver_due()
+    deliverer.deliver_due()
+    assert len(calls) == 1
+    assert deliverer._pruned_at is not None
+    deliverer._pruned_at -= PRUNE_EVERY_SECONDS
+    deliverer.deliver_due()
+    assert len(calls) == 2
+
+
+@pytest.mark.slow
+def test_a_completed_eval_run_posts_eval_run_succeeded(
+    server: LiveServer,
+    api_key: str,
+    client: openai.OpenAI,
+    worker: WorkerProcess,
+    receiver: Receiver,
+) -> None:
+    endpoint = register(
+        server, api_key, receiver.url, events=["eval.run.succeeded", "eval.run.canceled"]
+    )
+    evaluation = create_eval(client)
+    run = client.evals.runs.create(
+        evaluation.id,
+        name="hooked",
+        data_source=data_source({"type": "file_id", "id": upload_items(client, ROWS)}),  # type: ignore[arg-type]
+    )
+    assert wait_for_run(client, evaluation.id, run.id).status == "completed"
+    [got] = receiver.wait(1)
+    time.sleep(2)  # nothing more arrives
+    assert len(receiver.received) == 1
+    event = unwrap(client, endpoint["secret"], got)
+    assert (event.type, event.data.id, event.object) == ("eval.run.succeeded", run.id, "event")
+    assert got.headers["webhook-id"] == event.id
+    [delivery] = deliveries(server, api_key, endpoint["id"])
+    assert (delivery["status"], delivery["event_type"]) == ("delivered", "eval.run.succeeded")
+
+
+@pytest.mark.slow
+def test_an_eval_run_canceled_through_the_api_posts_eval_run_canceled(
+    server: LiveServer,
+    api_key: str,
+    client: openai.OpenAI,
+    worker: WorkerProcess,
+    receiver: Receiver,
+) -> None:
+    endpoint = register(
+        server, api_key, receiver.url, events=["eval.run.succeeded", "eval.run.canceled"]
+    )
+    evaluation = create_eval(client)
+    content = [{"item": {"question": f"Q {n}?", "answer": "x", "hint": "y"}} for n in range(48)]
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source=data_source({"type": "file_content", "content": content}, tokens=64),  # type: ignore[arg-type]
+    )
+    assert client.evals.runs.cancel(run.id, eval_id=evaluation.id).status == "canceled"
+    [got] = receiver.wait(1)
+    time.sleep(3)  # a worker that had started stops at its next batch: nothing more is sent
+    assert len(receiver.received) == 1
+    event = unwrap(client, endpoint["secret"], got)
+    assert (event.type, event.data.id) == ("eval.run.canceled", run.id)
+    assert client.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "canceled"

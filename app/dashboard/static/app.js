@@ -1372,11 +1372,22 @@
         body.appendChild(h("tr", { "data-webhook-id": w.id },
           h("td", {}, h("a", { href: "#/webhooks/" + encodeURIComponent(w.id), class: "mono small", text: w.url })),
           h("td", { class: "mono small", text: w.id }),
-          h("td", { class: "small", text: all ? "all events" : w.events.join(", ") }),
+          h("td", { class: "small", text: (all ? "all events" : w.events.join(", ")) + (w.enabled === false ? " (disabled)" : "") }),
           h("td", { text: w.description || "" }),
           h("td", { class: "nowrap", text: when(w.created_at) }),
           h("td", { class: "nowrap" },
             h("a", { href: "#/webhooks/" + encodeURIComponent(w.id), class: "small", text: "Deliveries" }), " ",
+            // A disabled endpoint gets no new deliveries; its pending ones wait until enabled.
+            h("button", {
+              type: "button", class: "link toggle-webhook", text: w.enabled === false ? "Enable" : "Disable",
+              onclick: async function () {
+                try {
+                  await api.post(webhookPath(w.id), { enabled: w.enabled === false });
+                  toast((w.enabled === false ? "Enabled " : "Disabled ") + w.id);
+                  await refresh();
+                } catch (err) { toast(err.message, "error"); }
+              },
+            }), " ",
             h("button", {
               type: "button", class: "link danger-text delete-webhook", text: "Delete",
               onclick: async function () {

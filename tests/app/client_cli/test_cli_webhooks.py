@@ -1,4 +1,5 @@
-"""`tuna webhooks`: create prints the secret once, ls/show read endpoints and deliveries, rm."""
+"""`tuna webhooks`: create and rotate-secret print the secret once, ls/show read endpoints and
+deliveries, update changes only the options given, rm."""
 
 from __future__ import annotations
 
@@ -76,3 +77,62 @@ def test_invalid_event_prints_the_server_error(tuna: Tuna) -> None:
     assert "Invalid 'events[0]'" in result.stderr and "job.done" in result.stderr
     bad_url = tuna("webhooks", "create", "ftp://example.com/h")
     assert bad_url.exit_code == 1 and "Invalid 'url'" in bad_url.stderr
+
+
+def test_update_and_rotate_secret(tuna: Tuna, server: LiveServer) -> None:
+    created = tuna("webhooks", "create", "http://127.0.0.1:9/hook", "--json").json()
+    webhook_id = created["id"]
+
+    disabled = tuna(
+        "webhooks",
+        "update",
+        webhook_id,
+        "--url",
+        "http://127.0.0.1:9/moved",
+        "--event",
+        "eval.run.succeeded",
+        "--event",
+        "eval.run.canceled",
+        "--disable",
+        "--description",
+        "evals",
+    )
+    assert disabled.exit_code == 0, disabled.stderr
+    assert f"Updated {webhook_id}" in disabled.stdout
+    assert "http://127.0.0.1:9/moved" in disabled.stdout and "disabled" in disabled.stdout
+    assert "eval.run.succeeded, eval.run.canceled" in disabled.stdout
+    listed = tuna("webhooks", "ls")
+    assert "disabled" in listed.stdout and "evals" in listed.stdout
+    assert "state:   disabled" in tuna("webhooks", "show", webhook_id).stdout
+
+    enabled = tuna(
+        "webhooks", "update", webhook_id, "--enable", "--all-events", "--description", "", "--json"
+    ).json()
+    assert enabled["enabled"] is True and len(enabled["events"]) == 8
+    assert enabled["description"] is None and enabled["url"] == "http://127.0.0.1:9/moved"
+    assert enabled["secret"] is None
+
+    rotated = tuna("webhooks", "rotate-secret", webhook_id)
+    assert rotated.exit_code == 0, rotated.stderr
+    secret = rotated.stdout.strip().removeprefix("secret: ")
+    assert secret.startswith("whsec_") and secret != created["secret"]
+    assert "shown only once" in rotated.stderr
+    with server.app.state.db.session_scope() as session:
+        row = session.get(WebhookEndpoint, webhook_id)
+        assert row is not None and row.secret == secret
+    again = tuna("webhooks", "rotate-secret", webhook_id, "--json").json()
+    assert again["secret"].startswith("whsec_") and again["secret"] != secret
+
+
+def test_update_refusals(tuna: Tuna) -> None:
+    webhook_id = tuna("webhooks", "create", "https://example.com/h", "--json").json()["id"]
+    nothing = tuna("webhooks", "update", webhook_id)
+    assert nothing.exit_code == 2 and "nothing to change" in nothing.stderr
+    both = tuna("webhooks", "update", webhook_id, "--all-events", "--event", "eval.run.failed")
+    assert both.exit_code == 2 and "not both" in both.stderr
+    bad = tuna("webhooks", "update", webhook_id, "--event", "job.done")
+    assert bad.exit_code == 1 and "Invalid 'events[0]'" in bad.stderr
+    bad_url = tuna("webhooks", "update", webhook_id, "--url", "ftp://x/h")
+    assert bad_url.exit_code == 1 and "Invalid 'url'" in bad_url.stderr
+    missing = tuna("webhooks", "rotate-secret", "whep_nope")
+    assert missing.exit_code == 1 and "Error:" in missing.stderr

@@ -573,6 +573,22 @@ def case_webhooks_deliveries(w: World) -> None:
     assert w.a.get(f"/v1/webhooks/{mine}/deliveries").status_code == 200
 
 
+def case_webhooks_update(w: World) -> None:
+    mine = _a_webhook(w)
+    changed = w.b.post(
+        f"/v1/webhooks/{mine}", json={"url": "http://127.0.0.1:9/b", "enabled": False}
+    )
+    assert changed.status_code == 404
+    kept = w.a.get(f"/v1/webhooks/{mine}").json()
+    assert kept["url"] == "http://127.0.0.1:9/hook" and kept["enabled"] is True
+
+
+def case_webhooks_rotate_secret(w: World) -> None:
+    mine = _a_webhook(w)
+    assert w.b.post(f"/v1/webhooks/{mine}/rotate_secret").status_code == 404
+    assert w.a.post(f"/v1/webhooks/{mine}/rotate_secret").json()["secret"].startswith("whsec_")
+
+
 CASES: dict[tuple[str, str], Callable[[World], None]] = {
     ("POST", "/v1/files"): case_files_create,
     ("GET", "/v1/files"): case_files_list,
@@ -606,6 +622,8 @@ CASES: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", "/v1/webhooks/{webhook_id}"): case_webhooks_retrieve,
     ("DELETE", "/v1/webhooks/{webhook_id}"): case_webhooks_delete,
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): case_webhooks_deliveries,
+    ("POST", "/v1/webhooks/{webhook_id}"): case_webhooks_update,
+    ("POST", "/v1/webhooks/{webhook_id}/rotate_secret"): case_webhooks_rotate_secret,
     ("POST", "/v1/evals/{eval_id}/runs"): case_eval_runs_create,
     ("GET", "/v1/evals/{eval_id}/runs"): case_eval_runs_list,
     ("GET", "/v1/evals/{eval_id}/runs/{run_id}"): case_eval_runs_retrieve,

@@ -1,16 +1,20 @@
-"""`/v1/webhooks`: endpoints per project, the secret shown once, exact error params, the log."""
+"""`/v1/webhooks`: endpoints per project, the secret shown once (on create and rotate_secret),
+updates and their exact error params, enabling/disabling, the outbox, the log."""
 
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.orm import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from app.orm.base import utcnow
 from app.webhooks.events import EVENT_TYPES
 from app.webhooks.outbox import emit
+from app.webhooks.repository import WebhookRepository
 from tests.conftest import LiveServer
 
 
@@ -174,3 +178,149 @@ def _project_of(server: LiveServer, http: httpx.Client) -> str:
         row = session.get(WebhookEndpoint, endpoint_id)
         assert row is not None
         return row.project_id
+
+
+def test_update_changes_only_the_fields_given(http: httpx.Client) -> None:
+    created = create(http, events=["eval.run.failed"], description="ci", metadata={"team": "ml"})
+    assert created["enabled"] is True
+    path = f"/v1/webhooks/{created['id']}"
+    response = http.post(path, json={"url": "http://127.0.0.1:9/new", "enabled": False})
+    assert response.status_code == 200, response.text
+    updated = response.json()
+    assert updated["url"] == "http://127.0.0.1:9/new"
+    assert updated["enabled"] is False
+    assert updated["secret"] is None
+    assert (updated["events"], updated["description"], updated["metadata"]) == (
+        ["eval.run.failed"],
+        "ci",
+        {"team": "ml"},
+    )
+    updated = http.post(
+        path,
+        json={
+            "events": ["fine_tuning.job.failed", "fine_tuning.job.failed", "eval.run.canceled"],
+            "description": None,
+            "metadata": {"team": "infra"},
+            "enabled": True,
+        },
+    ).json()
+    assert updated["events"] == ["fine_tuning.job.failed", "eval.run.canceled"]
+    assert updated["description"] is None and updated["metadata"] == {"team": "infra"}
+    assert updated["enabled"] is True
+    # events: null subscribes to every type again; metadata: null clears it.
+    updated = http.post(path, json={"events": None, "metadata": None}).json()
+    assert updated["events"] == list(EVENT_TYPES) and updated["metadata"] is None
+    assert http.get(path).json() == updated
+    # An empty body changes nothing.
+    assert http.post(path, json={}).json() == updated
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"url": "ftp://example.com/hook"}, "url"),
+        ({"url": None}, "url"),
+        ({"events": ["fine_tuning.job.succeeded", "x.y"]}, "events[1]"),
+        ({"events": []}, "events"),
+        ({"metadata": {"k": 1}}, "metadata.k"),
+        ({"description": "d" * 513}, "description"),
+        ({"enabled": None}, "enabled"),
+    ],
+)
+def test_update_refusals_name_their_param(http: httpx.Client, body: dict, param: str) -> None:
+    created = create(http, description="keep")
+    failure = error(http.post(f"/v1/webhooks/{created['id']}", json=body))
+    assert failure["type"] == "invalid_request_error"
+    assert failure["param"] == param
+    # All or nothing: nothing changed.
+    assert http.get(f"/v1/webhooks/{created['id']}").json()["description"] == "keep"
+
+
+def test_update_and_rotate_an_unknown_endpoint(http: httpx.Client) -> None:
+    assert error(http.post("/v1/webhooks/whep_nope", json={"enabled": False}), 404)["param"] == "id"
+    assert error(http.post("/v1/webhooks/whep_nope/rotate_secret"), 404)["param"] == "id"
+
+
+def test_rotate_secret_shows_the_new_secret_once(server: LiveServer, http: httpx.Client) -> None:
+    created = create(http)
+    response = http.post(f"/v1/webhooks/{created['id']}/rotate_secret")
+    assert response.status_code == 200, response.text
+    rotated = response.json()
+    assert rotated["object"] == "webhook_endpoint" and rotated["id"] == created["id"]
+    secret = rotated["secret"]
+    assert secret.startswith("whsec_") and secret != created["secret"]
+    assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
+    assert http.get(f"/v1/webhooks/{created['id']}").json()["secret"] is None
+    with server.app.state.db.session_scope() as session:
+        row = session.get(WebhookEndpoint, created["id"])
+        assert row is not None
+        assert row.secret == secret
+        # The old secret keeps signing (a second signature) for the grace period.
+        assert row.previous_secret == created["secret"]
+        assert row.previous_secret_expires_at is not None
+        grace = server.settings.webhook_secret_grace_seconds
+        left = (row.previous_secret_expires_at - utcnow()).total_seconds()
+        assert grace - 60 < left <= grace
+    # Rotating again: the secret it replaces is the one kept; the first is gone for good.
+    again = http.post(f"/v1/webhooks/{created['id']}/rotate_secret").json()
+    with server.app.state.db.session_scope() as session:
+        row = session.get(WebhookEndpoint, created["id"])
+        assert row is not None
+        assert (row.secret, row.previous_secret) == (again["secret"], secret)
+
+
+def test_emit_writes_nothing_without_a_subscribed_enabled_endpoint(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    evals_only = create(http, url="http://127.0.0.1:9/evals", events=["eval.run.failed"])
+    project_id = _project_of(server, http)
+    db = server.app.state.db
+
+    def events() -> list[str]:
+        with db.session_scope() as session:
+            return list(
+                session.scalars(
+                    select(WebhookEvent.id).where(WebhookEvent.project_id == project_id)
+                )
+            )
+
+    with db.session_scope() as session:
+        assert emit(session, project_id, "fine_tuning.job.succeeded", "ftjob-abc") is None
+    assert events() == []
+    http.post(f"/v1/webhooks/{evals_only['id']}", json={"enabled": False})
+    with db.session_scope() as session:
+        assert emit(session, project_id, "eval.run.failed", "evalrun_abc") is None
+    assert events() == []
+    http.post(f"/v1/webhooks/{evals_only['id']}", json={"enabled": True})
+    with db.session_scope() as session:
+        event_id = emit(session, project_id, "eval.run.failed", "evalrun_abc")
+    assert event_id is not None and events() == [event_id]
+
+
+def test_a_disabled_endpoint_s_pending_deliveries_wait(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    endpoint = create(http, url="http://127.0.0.1:9/never", events=["eval.run.failed"])
+    path = f"/v1/webhooks/{endpoint['id']}"
+    db = server.app.state.db
+    # Due only in an hour, so that no running worker's poll takes it before this test does.
+    later = utcnow() + timedelta(hours=1)
+    with db.session_scope() as session:
+        event_id = emit(session, _project_of(server, http), "eval.run.failed", "evalrun_x")
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.event_id == event_id)
+            .values(next_attempt_at=later)
+        )
+    [delivery] = http.get(f"{path}/deliveries").json()["data"]
+    http.post(path, json={"enabled": False})
+    with db.session_scope() as session:
+        hooks = WebhookRepository(session)
+        assert delivery["id"] not in hooks.due_deliveries(later, 1000)
+        assert not hooks.claim(delivery["id"], later, later + timedelta(seconds=30))
+    assert http.get(f"{path}/deliveries").json()["data"][0]["status"] == "pending"
+    http.post(path, json={"enabled": True})
+    with db.session_scope() as session:
+        hooks = WebhookRepository(session)
+        assert delivery["id"] in hooks.due_deliveries(later, 1000)
+        assert hooks.claim(delivery["id"], later, later + timedelta(seconds=30))
