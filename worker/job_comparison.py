@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.catalog.repository import ModelRepository
 from app.config import Settings
 from app.evals.job_comparison import (
     BASE,
@@ -47,6 +48,7 @@ from tuna_core.evals import (
     expected_answer_criteria,
     validation_item,
 )
+from tuna_core.model_ids import is_fine_tuned_model_id
 
 logger = logging.getLogger("tuna.worker")
 
@@ -145,6 +147,17 @@ def _contenders(
     checkpoint at the last step is the final model itself)."""
     jobs = FineTuningRepository(session)
     contenders = [Contender(BASE, job.model, 0, _baseline_loss(session, job.id))]
+    if (
+        is_fine_tuned_model_id(job.model)
+        and ModelRepository(session).get(job.project_id, job.model) is None
+    ):
+        # A continued job whose starting model was deleted meanwhile: compare the rest.
+        contenders = []
+        jobs.add_event(
+            job.id,
+            f"The starting model {job.model} was deleted: the comparison leaves it out.",
+            level="warn",
+        )
     for checkpoint in sorted(jobs.checkpoints_of(job.id), key=lambda c: c.step_number):
         if checkpoint.step_number < final_step:
             contenders.append(

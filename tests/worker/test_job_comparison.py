@@ -142,3 +142,36 @@ def test_a_validation_set_with_nothing_to_compare_is_skipped_with_a_warning(
     (skipped,) = [e for e in all_events(client, job.id) if "automatic evaluation" in e.message]
     assert skipped.level == "warn"
     assert "no validation example ends in a text answer" in skipped.message
+
+
+def test_a_continued_job_whose_starting_model_is_deleted_compares_the_rest(
+    client: openai.OpenAI, worker: WorkerProcess
+) -> None:
+    first = wait_for(client, create_job(client, extra_body={"auto_eval": False}).id, TERMINAL)
+    assert first.status == "succeeded", first.error
+    continued = client.fine_tuning.jobs.create(
+        model=first.fine_tuned_model,
+        training_file=upload(client, chat_jsonl(20)),
+        validation_file=client.files.create(
+            file=("valid.jsonl", io.BytesIO(chat_jsonl(6))), purpose="fine-tune"
+        ).id,
+        seed=5,
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}},
+        },
+        extra_body={"auto_eval": {"max_items": 2}},
+    )
+    deadline = time.monotonic() + 180
+    while not any(e.type == "metrics" for e in all_events(client, continued.id)):
+        assert time.monotonic() < deadline, "the continued job did not start training"
+        time.sleep(0.2)
+    client.models.delete(first.fine_tuned_model)  # its weights are loaded already
+
+    done = wait_for(client, continued.id, TERMINAL)
+    assert done.status == "succeeded", done.error
+    table = job_eval(client, continued.id)
+    assert [r["role"] for r in table["rows"]] == ["checkpoint", "final"]
+    assert table["status"] == "completed"
+    warnings = [e.message for e in all_events(client, continued.id) if e.level == "warn"]
+    assert any("was deleted: the comparison leaves it out" in m for m in warnings), warnings
