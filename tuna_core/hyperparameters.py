@@ -7,7 +7,8 @@ file), and the worker turns a job's stored hyperparameters into engine arguments
 
 OpenAI's three (`n_epochs`, `batch_size`, `learning_rate_multiplier`) may be "auto", chosen from
 the data by the engine, and so may a method's own (DPO's `beta`); Tuna's extensions
-(`training_type`, `lora_*`) have defaults instead.  Which keys a job may set depends on its
+(`training_type`, `lora_*`, `quantization`) have defaults instead.  `check_combination` checks
+what no single value can (QLoRA's 4-bit base needs LoRA).  Which keys a job may set depends on its
 method: `keys_for(method)`.
 """
 
@@ -30,6 +31,10 @@ DEFAULT_BETA = 0.1
 
 TrainingType = Literal["lora", "full"]
 TRAINING_TYPES: tuple[str, ...] = get_args(TrainingType)
+# How the frozen base weights are held while a LoRA adapter trains: "4bit" is QLoRA (NF4 with
+# bitsandbytes, CUDA only); the result is a normal LoRA adapter.
+Quantization = Literal["none", "4bit"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 # Matmul precision over float32 master weights; "auto": bf16 where the hardware multiplies bf16
 # natively, float32 elsewhere.
 Precision = Literal["auto", "float32", "bf16"]
@@ -44,6 +49,7 @@ EXTENSION_DEFAULTS: dict[str, Any] = {
     "lora_rank": 8,
     "lora_alpha": 16,
     "lora_dropout": 0.0,
+    "quantization": "none",
 }
 KNOWN_KEYS = (*STANDARD_KEYS, *EXTENSION_DEFAULTS)
 DEFAULTS: dict[str, Any] = {key: AUTO for key in STANDARD_KEYS} | EXTENSION_DEFAULTS
@@ -138,11 +144,25 @@ def check_value(key: str, value: Any, *, auto: bool = True) -> Any:
         # An integer >= 1 rather than any number > 0: peft's scale is alpha / rank, and an API
         # request the engine would refuse must fail at the API, not later in the worker.
         return _int_in(key, value, LORA_ALPHA_RANGE, auto=False)
+    if key == "quantization":
+        return _one_of(key, value, QUANTIZATIONS)
     if key == "lora_dropout":
         if not _is_number(value) or not 0 <= value < 1:
             raise InvalidHyperparameter(key, f"expected a number in [0, 1), got {value!r}.")
         return float(value)
     raise InvalidHyperparameter(key, f"unknown hyperparameter; supported: {', '.join(ALL_KEYS)}.")
+
+
+def check_combination(values: Mapping[str, Any]) -> None:
+    """What no single value can tell: InvalidHyperparameter naming the key to change."""
+    quantization = values.get("quantization", EXTENSION_DEFAULTS["quantization"])
+    training_type = values.get("training_type", EXTENSION_DEFAULTS["training_type"])
+    if quantization != "none" and training_type != "lora":
+        raise InvalidHyperparameter(
+            "quantization",
+            f"{quantization!r} (QLoRA) trains a LoRA adapter over a quantized base model; it "
+            f"needs training_type 'lora', not {training_type!r}.",
+        )
 
 
 def check_precision(value: Any) -> Precision:

@@ -88,7 +88,7 @@ class ExportBuilder:
 
     def _base_dir(self, base_model: str) -> Path:
         return resolve_base_model(
-            base_model, self.settings.resolved_model_cache_dir, dict(self.settings.local_models)
+            base_model, self.settings.resolved_model_cache_dir, self.settings.base_model_folders
         )
 
     def _renew(self, export_id: str):  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ from app.fine_tuning.repository import FineTuningRepository
 from app.fine_tuning.state import JobStatus
 from app.orm import FineTuningJob
 from app.orm.base import utcnow
-from tuna_core.base_models import get_base_model_info
+from tuna_core.base_models import ModelNotAvailable, get_base_model_info
 from tuna_core.dataset import METHOD_FORMATS, MIN_TRAINING_EXAMPLES
 from tuna_core.hyperparameters import engine_arguments
 from tuna_core.model_ids import fine_tuned_model_id
@@ -97,6 +97,8 @@ class JobRunner:
         try:
             failure = source_failure(*source) if source else None
             failure = failure or self._check_data(base_model, method, files, tokenized)
+        except ModelNotAvailable as exc:  # a hub model the worker cannot download
+            failure = JobFailure(exc.code, str(exc), "model")
         except Exception as exc:
             logger.exception("validating files of %s failed", job_id)
             failure = JobFailure("validation_failed", f"Could not validate the files: {exc}"[:1000])
@@ -134,10 +136,10 @@ class JobRunner:
         from worker.training import validate_examples
 
         model_dir = resolve_base_model(
-            base_model, self.settings.resolved_model_cache_dir, self.settings.local_models
+            base_model, self.settings.resolved_model_cache_dir, self.settings.base_model_folders
         )
         tokenizer = load_tokenizer(model_dir)
-        context = get_base_model_info(base_model, self.settings.local_models).context_length
+        context = get_base_model_info(base_model, self.settings.base_model_folders).context_length
         for param in _FILE_PARAMS:
             path = files[param]
             if param == "validation_file" and path is None:
@@ -186,7 +188,7 @@ class JobRunner:
             if job is None:
                 return None
             base_model = get_base_model_info(
-                job.trained_base_model, self.settings.local_models
+                job.trained_base_model, self.settings.base_model_folders
             ).name
             project = FineTuningRepository(session).project_of(job)
             return JobPlan(
@@ -264,7 +266,7 @@ class JobRunner:
         return TrainingConfig(
             base_model=plan.base_model,
             model_cache_dir=self.settings.resolved_model_cache_dir,
-            local_models=dict(self.settings.local_models),
+            local_models=self.settings.base_model_folders,
             training_file=files["training_file"],
             validation_file=files["validation_file"],
             output_dir=plan.output_dir,

@@ -12,11 +12,11 @@ from tuna_core.base_models import BaseModelInfo, find_base_model, list_base_mode
 
 
 def available_base_models(settings: Settings) -> list[BaseModelInfo]:
-    return list_base_models(dict(settings.local_models), include_tests=settings.enable_test_models)
+    return list_base_models(settings.base_model_folders, include_tests=settings.enable_test_models)
 
 
 def find_offered_base_model(settings: Settings, name: str) -> BaseModelInfo | None:
     """The offered base model called `name` or one of its aliases, or None."""
     return find_base_model(
-        name, dict(settings.local_models), include_tests=settings.enable_test_models
+        name, settings.base_model_folders, include_tests=settings.enable_test_models
     )

@@ -227,7 +227,7 @@ class ModelImporter:
             base_dir = resolve_base_model(
                 base_model,
                 self.settings.resolved_model_cache_dir,
-                dict(self.settings.local_models),
+                self.settings.base_model_folders,
             )
             base_config = _read_json(base_dir / "config.json")
         except (UnknownBaseModel, InvalidRequest, OSError):

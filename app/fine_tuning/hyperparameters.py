@@ -27,6 +27,7 @@ from tuna_core.hyperparameters import (
     defaults_for,
     keys_for,
 )
+from tuna_core.hyperparameters import check_combination as tuna_check_combination
 
 
 def _check_one(key: str, value: Any, param: str, method: str) -> Any:
@@ -86,6 +87,16 @@ def merge(
                 param=f"hyperparameters.{key}",
             )
     return defaults_for(method) | legacy_values | method_values
+
+
+def check_combination(values: Mapping[str, Any], given: Mapping[str, str], method: str) -> None:
+    """The values together (QLoRA needs LoRA, also when a continued job's source settles
+    `training_type`): a 400 naming the parameter the caller set (`given`: where each key was)."""
+    try:
+        tuna_check_combination(values)
+    except InvalidHyperparameter as exc:
+        param = given.get(exc.key, f"method.{method}.hyperparameters.{exc.key}")
+        raise InvalidRequest(f"Invalid value for '{param}': {exc.reason}", param=param) from None
 
 
 def shown(

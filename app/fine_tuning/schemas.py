@@ -17,7 +17,7 @@ from app.fine_tuning import hyperparameters as hp
 from app.orm import EvalRun, FineTuningCheckpoint, FineTuningEvent, FineTuningJob
 from app.orm.base import unix
 from app.wire import OmitWhenNone
-from tuna_core.hyperparameters import STANDARD_KEYS, TrainingType
+from tuna_core.hyperparameters import STANDARD_KEYS, Quantization, TrainingType
 
 Status = Literal[
     "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"
@@ -68,6 +68,7 @@ class SupervisedHyperparameters(Hyperparameters):
     lora_rank: int
     lora_alpha: int
     lora_dropout: float
+    quantization: Quantization
 
 
 class DpoHyperparameters(SupervisedHyperparameters):

@@ -101,6 +101,7 @@ class FineTuningService:
         start = self._starting_point(project, request.model)
         hyperparameters = dict(checked.hyperparameters)
         notes = self._continue_from(start, checked, hyperparameters) if start.source else []
+        hp.check_combination(hyperparameters, checked.given, checked.method)
         self._check_file(project, request.training_file, "training_file", checked.method)
         self._check_running_quota(project)
         if request.validation_file is not None:

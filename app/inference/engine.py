@@ -459,7 +459,7 @@ def create_engine(settings: Settings, storage: LocalStorage | None = None) -> In
         raise ValueError(f"inference_backend must be 'local' or 'upstream', not {backend!r}")
     return LocalEngine(
         settings.resolved_model_cache_dir,
-        dict(settings.local_models or {}),
+        settings.base_model_folders,
         adapter_cache_bytes=settings.adapter_cache_bytes,
         queue_size=settings.inference_queue_size,
         max_batch_size=settings.inference_max_batch_size,

@@ -284,7 +284,7 @@ class InferenceService:
         if row is None:
             raise model_not_found(model_id)
         try:
-            context = get_base_model_info(row.base_model, dict(self.settings.local_models))
+            context = get_base_model_info(row.base_model, self.settings.base_model_folders)
             context_length = context.context_length
         except UnknownBaseModel:
             context_length = DEFAULT_CONTEXT_LENGTH

@@ -45,6 +45,7 @@ def test_the_engine_spells_auto_as_none() -> None:
         "lora_rank": 16,
         "lora_alpha": 16,
         "lora_dropout": 0.0,
+        "quantization": "none",
     }
     dpo = hp.engine_arguments(hp.defaults_for("dpo") | {"beta": 0.5}, "dpo")
     assert (dpo["method"], dpo["beta"], dpo["n_epochs"]) == ("dpo", 0.5, None)

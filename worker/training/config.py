@@ -18,6 +18,7 @@ from tuna_core.hyperparameters import (
     DEFAULT_BETA,
     Method,
     Precision,
+    Quantization,
     TrainingType,
 )
 
@@ -60,6 +61,8 @@ class TrainingConfig:
     lora_rank: int = hp.EXTENSION_DEFAULTS["lora_rank"]
     lora_alpha: int = hp.EXTENSION_DEFAULTS["lora_alpha"]
     lora_dropout: float = hp.EXTENSION_DEFAULTS["lora_dropout"]
+    # "4bit": QLoRA, the base held in 4-bit NF4 (CUDA and bitsandbytes; see quantization.py).
+    quantization: Quantization = hp.EXTENSION_DEFAULTS["quantization"]
     seed: int = 0
     max_seq_len: int | None = None  # None: the base model's context length
     warmup_ratio: float = 0.03
@@ -99,6 +102,9 @@ class TrainingConfig:
             value = getattr(self, key)
             if value is not None:  # None: "auto", chosen from the data
                 hp.check_value(key, value, auto=False)
+        hp.check_combination(
+            {"training_type": self.training_type, "quantization": self.quantization}
+        )
         if self.beta is not None and "beta" not in hp.keys_for(self.method):
             raise ValueError(f"beta is a DPO hyperparameter; a {self.method} run cannot set it")
         hp.check_precision(self.precision)

@@ -726,6 +726,10 @@ def _load_model(config: TrainingConfig, model_dir: Path, device: torch.device) -
     checkpoint's weights; wrapped for LoRA."""
     from transformers import AutoModelForCausalLM
 
+    if config.quantization != "none":  # QLoRA: a 4-bit base under LoRA (quantization.py)
+        from worker.training.quantization import load_qlora_model
+
+        return load_qlora_model(config, model_dir, device)
     model: Any
     resume, start = config.resume_from_checkpoint, config.init_from
     start_type = _model_type(start, config.base_model) if start is not None else None

@@ -26,6 +26,7 @@ DEFAULTS = {
     "lora_rank": 8,
     "lora_alpha": 16,
     "lora_dropout": 0.0,
+    "quantization": "none",
 }
 
 

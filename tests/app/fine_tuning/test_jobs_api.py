@@ -90,6 +90,7 @@ def test_create_with_method_form(tenant: Tenant, job_queue: RecordingQueue) -> N
                 "lora_rank": 4,
                 "lora_alpha": 16,
                 "lora_dropout": 0.1,
+                "quantization": "none",
             }
         },
     }
@@ -133,6 +134,7 @@ def test_defaults(tenant: Tenant) -> None:
         "lora_rank": 8,
         "lora_alpha": 16,
         "lora_dropout": 0.0,
+        "quantization": "none",
     }
 
 
