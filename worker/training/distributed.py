@@ -205,7 +205,6 @@ class Parallel:
         options = StateDictOptions(full_state_dict=True)
         set_optimizer_state_dict(model, optimizer, saved["state"], options=options)
 
-
     def _reshard(self) -> None:
         """Back to shards: FSDP2 keeps the root's weights gathered after a forward (a backward
         usually follows), and after an evaluation's forwards none does; the state dict and the
