@@ -10,9 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tuna_core.base_models import check_hub_id, hub_model_folders
 from tuna_core.devices import Device
 from tuna_core.hyperparameters import Precision
 
@@ -40,6 +41,11 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = None
     local_models: dict[str, Path] = Field(
         default_factory=dict, description="Extra base models: name -> local folder (JSON)"
+    )
+    hub_models: list[str] = Field(
+        default_factory=list,
+        description="Extra base models from the Hugging Face hub (JSON list of ids, e.g. "
+        '["meta-llama/Llama-3.2-1B-Instruct"]), downloaded once into the model cache',
     )
     job_lease_seconds: float = Field(
         default=60.0,
@@ -200,6 +206,19 @@ class Settings(BaseSettings):
     @property
     def resolved_model_cache_dir(self) -> Path:
         return (self.model_cache_dir or self.data_dir / "models").resolve()
+
+    @property
+    def base_model_folders(self) -> dict[str, Path]:
+        """The configured base models as `tuna_core.base_models` takes them: local folders and
+        hub models (mapped to their folder in the model cache; a local name wins)."""
+        return hub_model_folders(self.hub_models, self.resolved_model_cache_dir) | dict(
+            self.local_models
+        )
+
+    @field_validator("hub_models")
+    @classmethod
+    def _hub_ids(cls, value: list[str]) -> list[str]:
+        return [check_hub_id(repo_id) for repo_id in value]
 
     @property
     def resolved_broker_url(self) -> str:

@@ -227,12 +227,12 @@ class JobRunner:
                     plan.job_id, "Training paused; resume continues from here"
                 )
             return
-        except BaseException as exc:  # every failure must surface on the job
-            self._fail(plan.job_id, exc)
         except TrainingError as exc:
             if exc.code != RANK_LOST or not self._requeue(plan.job_id, str(exc)):
                 self._fail(plan.job_id, exc)
             return
+        except BaseException as exc:  # every failure must surface on the job
+            self._fail(plan.job_id, exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -316,8 +316,6 @@ class JobRunner:
                 final_metrics=dict(result.metrics),
             )
 
-    def _fail(self, job_id: str, exc: BaseException) -> None:
-        logger.exception("job %s failed", job_id, exc_info=exc)
     def _requeue(self, job_id: str, reason: str) -> bool:
         with self.db.session_scope() as session:
             lifecycle = JobLifecycle(session)
@@ -325,6 +323,8 @@ class JobRunner:
                 job_id, reason, self.settings.max_job_attempts
             )
 
+    def _fail(self, job_id: str, exc: BaseException) -> None:
+        logger.exception("job %s failed", job_id, exc_info=exc)
         with self.db.session_scope() as session:
             JobLifecycle(session).fail(job_id, describe_failure(exc), only_from={JobStatus.RUNNING})
 
