@@ -168,8 +168,9 @@ def train(
             config.base_model, config.model_cache_dir, config.local_models
         )
         context = get_base_model_info(config.base_model, config.local_models).context_length
-    except UnknownBaseModel as exc:
-        raise TrainingError(str(exc), code="model_not_found", param="model") from exc
+    except UnknownBaseModel as exc:  # a hub model that cannot be fetched has its own code
+        code = getattr(exc, "code", "model_not_found")
+        raise TrainingError(str(exc), code=code, param="model") from exc
     max_seq_len = config.max_seq_len or context
     tokenizer = load_tokenizer(model_dir)
     tokenized = tokenized or {}
@@ -747,7 +748,7 @@ def _load_model(config: TrainingConfig, model_dir: Path, device: torch.device) -
         model.config.use_cache = False
         return model.to(device)
 
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
 
     if start_type == "full":
         raise TrainingError(
@@ -761,15 +762,21 @@ def _load_model(config: TrainingConfig, model_dir: Path, device: torch.device) -
     if source is not None:
         model = PeftModel.from_pretrained(model, source, is_trainable=True)
     else:
-        lora = LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules="all-linear",  # attention + MLP projections; never lm_head
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, lora_config(config))
     return model.to(device)
+
+
+def lora_config(config: TrainingConfig) -> Any:
+    """The adapter a new LoRA run trains (QLoRA's too): every attention and MLP projection."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",  # attention + MLP projections; never lm_head
+        task_type="CAUSAL_LM",
+    )
 
 
 def _model_type(folder: Path, base_model: str) -> str:

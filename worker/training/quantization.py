@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from worker.training.config import TrainingConfig
-from worker.training.loop import TrainingError, _model_type
+from worker.training.loop import TrainingError, _model_type, lora_config
 
 QLORA_CODE = "qlora_needs_cuda"
 
@@ -54,7 +54,7 @@ def load_qlora_model(config: TrainingConfig, model_dir: Path, device: torch.devi
     of ``init_from`` / the checkpoint being resumed.  Already on ``device`` (a 4-bit model cannot
     be moved with ``.to``)."""
     check_qlora_supported(config, device)
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     resume, start = config.resume_from_checkpoint, config.init_from
@@ -84,11 +84,4 @@ def load_qlora_model(config: TrainingConfig, model_dir: Path, device: torch.devi
     source = resume or start
     if source is not None:
         return PeftModel.from_pretrained(model, source, is_trainable=True)
-    lora = LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules="all-linear",  # as loop._load_model: attention + MLP, never lm_head
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
+    return get_peft_model(model, lora_config(config))
