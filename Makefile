@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help setup serve test lint format bench-upload bench-serve bench-grammar clean distclean
+.PHONY: help setup serve test lint format bench-upload bench-serve bench-grammar bench-scaling clean distclean
 
 help:
 	@echo "make serve         start Tuna at http://$(HOST):$(PORT) (HOST, PORT, DATA_DIR)"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-upload  server memory during a streamed upload (SIZE_MB, PURPOSE)"
 	@echo "make bench-serve   serving throughput: 1/8/32 clients, base and adapters, vs static batch"
 	@echo "make bench-grammar grammar libraries for structured output: compile, per-token mask"
+	@echo "make bench-scaling training on PROCESSES processes vs one (DEVICE, MODEL, TRAINING_TYPE)"
 	@echo "make clean         caches and build leftovers (keeps .venv and $(DATA_DIR))"
 	@echo "make distclean     clean + remove .venv"
 
@@ -53,6 +54,14 @@ bench-serve: setup
 #   $(BIN)/pip install --no-deps xgrammar apache-tvm-ffi outlines-core
 bench-grammar: setup
 	$(BIN)/python bench/grammar_libraries.py
+
+PROCESSES ?= 2
+DEVICE ?= cpu
+MODEL ?= tiny
+TRAINING_TYPE ?= lora
+bench-scaling: setup
+	$(BIN)/python bench/train_scaling.py --processes $(PROCESSES) --device $(DEVICE) \
+		--model $(MODEL) --training-type $(TRAINING_TYPE)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis build dist *.egg-info
