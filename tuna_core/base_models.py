@@ -311,14 +311,20 @@ def pull_hub_model(repo_id: str, cache_dir: Path, *, token: str | None = None) -
                     "Hugging Face hub; Tuna does not load pickled (*.bin) weights."
                 )
             shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not (target / "config.json").is_file():
-                    raise
+            _move_into_place(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename a model folder built (or downloaded) in ``tmp`` to ``target``, atomically. If
+    another process finished first, its folder is as good as ours and ``tmp`` is dropped."""
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
 
 
 def _local_info(name: str, folder: Path) -> BaseModelInfo:
@@ -400,12 +406,7 @@ def resolve_base_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{canonical}-", dir=cache_dir))
     try:
         _BUNDLED[canonical].build(tmp, cache_dir)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process finished first; its folder is as good as ours.
-            if not (target / "config.json").is_file():
-                raise
+        _move_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tuna_core.json_types import described_kind
+
 FieldKind = Literal["string", "string_list", "string_map"]
 
 # OpenAI's list holds at most 5 integrations; each type may appear once.
@@ -70,7 +72,7 @@ def check_integrations(value: Any, param: str = "integrations") -> list[dict[str
     if value is None:
         return None
     if not isinstance(value, list):
-        raise IntegrationConfigError(f"expected an array, got {_kind(value)}", param)
+        raise IntegrationConfigError(f"expected an array, got {described_kind(value)}", param)
     if len(value) > MAX_INTEGRATIONS:
         raise IntegrationConfigError(
             f"at most {MAX_INTEGRATIONS} integrations, got {len(value)}", param
@@ -91,12 +93,14 @@ def check_integrations(value: Any, param: str = "integrations") -> list[dict[str
 
 def check_integration(item: Any, param: str) -> dict[str, Any]:
     if not isinstance(item, Mapping):
-        raise IntegrationConfigError(f"expected an object with a 'type', got {_kind(item)}", param)
+        raise IntegrationConfigError(
+            f"expected an object with a 'type', got {described_kind(item)}", param
+        )
     kind = item.get("type")
     if kind is None:
         raise IntegrationConfigError("missing required parameter 'type'", f"{param}.type")
     if not isinstance(kind, str) or kind not in INTEGRATION_FIELDS:
-        shown = repr(kind) if isinstance(kind, str) else _kind(kind)
+        shown = repr(kind) if isinstance(kind, str) else described_kind(kind)
         raise IntegrationConfigError(
             f"unsupported integration type {shown}; supported: {', '.join(SUPPORTED_INTEGRATIONS)}",
             f"{param}.type",
@@ -112,7 +116,9 @@ def check_integration(item: Any, param: str) -> dict[str, Any]:
     if not isinstance(body, Mapping):
         if body is None:
             raise IntegrationConfigError(f"missing required parameter {kind!r}", f"{param}.{kind}")
-        raise IntegrationConfigError(f"expected an object, got {_kind(body)}", f"{param}.{kind}")
+        raise IntegrationConfigError(
+            f"expected an object, got {described_kind(body)}", f"{param}.{kind}"
+        )
     fields = INTEGRATION_FIELDS[kind]
     for key in body:
         if key not in fields:
@@ -144,13 +150,15 @@ def _check_field(value: Any, spec: IntegrationField, param: str, kind: str) -> A
         return _string(value, spec.max_length, param)
     if spec.kind == "string_list":
         if not isinstance(value, list):
-            raise IntegrationConfigError(f"expected an array of strings, got {_kind(value)}", param)
+            raise IntegrationConfigError(
+                f"expected an array of strings, got {described_kind(value)}", param
+            )
         if len(value) > MAX_TAGS:
             raise IntegrationConfigError(f"at most {MAX_TAGS} tags, got {len(value)}", param)
         return [_string(tag, spec.max_length, f"{param}[{i}]") for i, tag in enumerate(value)]
     if not isinstance(value, Mapping):
         raise IntegrationConfigError(
-            f"expected an object of string values, got {_kind(value)}", param
+            f"expected an object of string values, got {described_kind(value)}", param
         )
     if len(value) > MAX_TAGS:
         raise IntegrationConfigError(f"at most {MAX_TAGS} tags, got {len(value)}", param)
@@ -171,25 +179,9 @@ def _check_field(value: Any, spec: IntegrationField, param: str, kind: str) -> A
 
 def _string(value: Any, most: int, param: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise IntegrationConfigError(f"expected a string, got {_kind(value)}", param)
+        raise IntegrationConfigError(f"expected a string, got {described_kind(value)}", param)
     if not allow_empty and not value.strip():
         raise IntegrationConfigError("expected a non-empty string", param)
     if len(value) > most:
         raise IntegrationConfigError(f"at most {most} characters, got {len(value)}", param)
     return value
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__

@@ -12,6 +12,14 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from app.client_cli.api import DEFAULT_BASE_URL, APIError, TunaClient
 
@@ -47,6 +55,22 @@ class Ctx:
     def emit_json(self, value: Any) -> None:
         """One JSON document per line on stdout (JSON lines when called repeatedly)."""
         click.echo(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def transfer_progress(verb: str, quiet: bool) -> Progress:
+    """A bytes progress bar on stderr (stdout stays clean for scripts); off when ``quiet`` or
+    when stderr is not a terminal."""
+    err = console(stderr=True)
+    return Progress(
+        TextColumn(f"[bold]{verb}[/] {{task.description}}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=quiet or not err.is_terminal,
+    )
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -7,18 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from app.client_cli.api import APIError, TunaClient
-from app.client_cli.common import Ctx, api_command, console, fail, human_bytes, when
+from app.client_cli.common import Ctx, api_command, fail, human_bytes, transfer_progress, when
 
 # "Invalid training file: 2 line(s) have errors. Line 3: invalid JSON (...). Line 7: ..."
 _LINE_SPLIT = re.compile(r"\s+(?=Line \d+: )")
@@ -35,17 +27,7 @@ def format_validation_message(message: str) -> str:
 def upload_with_progress(client: TunaClient, path: Path, purpose: str, quiet: bool) -> Any:
     """Upload `path`, drawing a progress bar on stderr (so stdout stays clean for scripts)."""
     size = path.stat().st_size
-    err = console(stderr=True)
-    progress = Progress(
-        TextColumn("[bold]Uploading[/] {task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=quiet or not err.is_terminal,
-    )
+    progress = transfer_progress("Uploading", quiet)
     with progress:
         task = progress.add_task(path.name, total=size)
         return client.upload_file(path, purpose, on_progress=lambda n: progress.advance(task, n))

@@ -15,17 +15,9 @@ from typing import Any
 
 import click
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
-from app.client_cli.common import Ctx, api_command, console, fail, when
+from app.client_cli.common import Ctx, api_command, console, fail, transfer_progress, when
 from app.client_cli.files import upload_with_progress
 from tuna_core.exports import EXPORT_FORMATS, GGUF_TYPES
 
@@ -97,17 +89,8 @@ def models_download(
         fail("--quantization applies to --format gguf only")
     params = {"format": export_format, **({"quantization": quantization} if quantization else {})}
     err = console(stderr=True)
-    progress = Progress(
-        TextColumn("[bold]Downloading[/]"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=ctx.json or not err.is_terminal,
-    )
-    task = progress.add_task("download", total=None)
+    progress = transfer_progress("Downloading", ctx.json)
+    task = progress.add_task(model, total=None)
     deadline = time.monotonic() + wait_seconds
     shown: str | None = None
     with progress:

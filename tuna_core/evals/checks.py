@@ -25,6 +25,7 @@ from tuna_core.evals.templates import (
     parse_reference,
     references,
 )
+from tuna_core.json_types import described_kind
 
 STRING_CHECK_OPERATIONS = ("eq", "ne", "like", "ilike")
 # OpenAI's grader types this server grades, then Tuna's extensions.
@@ -73,29 +74,13 @@ class GraderConfigError(ValueError):
         self.param = param
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _object(value: Any, param: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise GraderConfigError(f"expected an object, got {_kind(value)}", param)
+        raise GraderConfigError(f"expected an object, got {described_kind(value)}", param)
     return value
 
 
@@ -107,7 +92,7 @@ def _require(obj: Mapping[str, Any], key: str, param: str) -> Any:
 
 def _string(value: Any, param: str, *, non_empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise GraderConfigError(f"expected a string, got {_kind(value)}", param)
+        raise GraderConfigError(f"expected a string, got {described_kind(value)}", param)
     if non_empty and not value.strip():
         raise GraderConfigError("expected a non-empty string", param)
     return value
@@ -115,13 +100,13 @@ def _string(value: Any, param: str, *, non_empty: bool = False) -> str:
 
 def _number(value: Any, param: str) -> float:
     if not _is_number(value):
-        raise GraderConfigError(f"expected a finite number, got {_kind(value)}", param)
+        raise GraderConfigError(f"expected a finite number, got {described_kind(value)}", param)
     return float(value)
 
 
 def _choice(value: Any, choices: tuple[str, ...], param: str) -> str:
     if not isinstance(value, str) or value not in choices:
-        shown = repr(value) if isinstance(value, str) else _kind(value)
+        shown = repr(value) if isinstance(value, str) else described_kind(value)
         raise GraderConfigError(f"expected one of {', '.join(choices)}; got {shown}", param)
     return value
 
@@ -179,7 +164,9 @@ def check_messages(messages: Any, param: str, *, allow_sample: bool = False) -> 
     prompt template it does not.
     """
     if not isinstance(messages, list):
-        raise GraderConfigError(f"expected an array of messages, got {_kind(messages)}", param)
+        raise GraderConfigError(
+            f"expected an array of messages, got {described_kind(messages)}", param
+        )
     if not messages:
         raise GraderConfigError("expected at least one message", param)
     for index, message in enumerate(messages):
@@ -237,7 +224,7 @@ def _check_score_model(criterion: Mapping[str, Any], param: str) -> None:
     if value is not None:
         if not isinstance(value, list) or len(value) != 2:
             raise GraderConfigError(
-                f"expected two numbers [min, max], got {_kind(value)}", f"{param}.range"
+                f"expected two numbers [min, max], got {described_kind(value)}", f"{param}.range"
             )
         low = _number(value[0], f"{param}.range[0]")
         high = _number(value[1], f"{param}.range[1]")
@@ -277,7 +264,7 @@ def _check_effort(value: Any, param: str) -> None:
 
 def _check_int(value: Any, param: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise GraderConfigError(f"expected an integer, got {_kind(value)}", param)
+        raise GraderConfigError(f"expected an integer, got {described_kind(value)}", param)
 
 
 def _check_positive_int(value: Any, param: str) -> None:
@@ -317,7 +304,7 @@ def _check_labels(criterion: Mapping[str, Any], param: str) -> None:
         raise GraderConfigError("expected a non-empty array of labels", f"{param}.passing_labels")
     for index, label in enumerate(passing):
         if label not in labels:
-            shown = repr(label) if isinstance(label, str) else _kind(label)
+            shown = repr(label) if isinstance(label, str) else described_kind(label)
             raise GraderConfigError(
                 f"{shown} is not one of labels (passing_labels must be a subset of labels)",
                 f"{param}.passing_labels[{index}]",
@@ -341,7 +328,7 @@ def _check_regex(criterion: Mapping[str, Any], param: str) -> None:
     ignore_case = criterion.get("ignore_case")
     if ignore_case is not None and not isinstance(ignore_case, bool):
         raise GraderConfigError(
-            f"expected a boolean, got {_kind(ignore_case)}", f"{param}.ignore_case"
+            f"expected a boolean, got {described_kind(ignore_case)}", f"{param}.ignore_case"
         )
 
 
@@ -353,7 +340,7 @@ def _check_json(criterion: Mapping[str, Any], param: str) -> None:
         return
     if not isinstance(schema, Mapping):
         raise GraderConfigError(
-            f"expected a JSON schema (an object), got {_kind(schema)}", f"{param}.schema"
+            f"expected a JSON schema (an object), got {described_kind(schema)}", f"{param}.schema"
         )
     import jsonschema_rs
 
