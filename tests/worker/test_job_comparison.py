@@ -35,9 +35,9 @@ def job_eval(client: openai.OpenAI, job_id: str, timeout: float = 300) -> dict[s
         time.sleep(0.5)
 
 
-def create_job(client: openai.OpenAI, **extra: Any) -> Any:
+def create_job(client: openai.OpenAI, model: str = "tuna-tiny-test", **extra: Any) -> Any:
     return client.fine_tuning.jobs.create(
-        model="tuna-tiny-test",
+        model=model,
         training_file=upload(client, chat_jsonl(20)),
         validation_file=client.files.create(
             file=("valid.jsonl", io.BytesIO(chat_jsonl(6))), purpose="fine-tune"
@@ -149,18 +149,8 @@ def test_a_continued_job_whose_starting_model_is_deleted_compares_the_rest(
 ) -> None:
     first = wait_for(client, create_job(client, extra_body={"auto_eval": False}).id, TERMINAL)
     assert first.status == "succeeded", first.error
-    continued = client.fine_tuning.jobs.create(
-        model=first.fine_tuned_model,
-        training_file=upload(client, chat_jsonl(20)),
-        validation_file=client.files.create(
-            file=("valid.jsonl", io.BytesIO(chat_jsonl(6))), purpose="fine-tune"
-        ).id,
-        seed=5,
-        method={
-            "type": "supervised",
-            "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}},
-        },
-        extra_body={"auto_eval": {"max_items": 2}},
+    continued = create_job(
+        client, model=first.fine_tuned_model, extra_body={"auto_eval": {"max_items": 2}}
     )
     deadline = time.monotonic() + 180
     while not any(e.type == "metrics" for e in all_events(client, continued.id)):
