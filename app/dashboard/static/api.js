@@ -112,6 +112,44 @@
       }
     },
 
+    /**
+     * Download a model (GET /v1/models/{id}/content): while a worker builds the export the
+     * server answers 202 with its status (`onStatus` gets it; asked again after Retry-After);
+     * then the file is saved under the server's name. The browser holds it in memory first
+     * (a link cannot carry the API key): for very large models, use `tuna models download`.
+     */
+    downloadModel: async function (model, params, onStatus) {
+      const path = "/v1/models/" + model + "/content" + query(params);
+      for (;;) {
+        let response;
+        try {
+          response = await fetch(path, { headers: headers({ Accept: "*/*" }) });
+        } catch (e) {
+          throw new ApiError("Cannot reach the server: " + e.message, 0, null);
+        }
+        if (response.status === 202) {
+          const body = await response.json();
+          if (onStatus) onStatus(body.status, body);
+          const wait = Number(response.headers.get("Retry-After")) || 5;
+          await new Promise(function (resolve) { setTimeout(resolve, wait * 1000); });
+          continue;
+        }
+        if (!response.ok) throw errorFrom(response.status, await response.text());
+        const disposition = response.headers.get("Content-Disposition") || "";
+        const match = /filename="([^"]+)"/.exec(disposition);
+        const blob = await response.blob();
+        const url = URL.createObjectURL(blob);
+        const link = document.createElement("a");
+        link.href = url;
+        link.download = match ? match[1] : "model-export";
+        document.body.appendChild(link);
+        link.click();
+        link.remove();
+        setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+        return link.download;
+      }
+    },
+
     /** Multipart upload with progress (XHR: fetch cannot report upload progress). */
     upload: function (file, purpose, onProgress) {
       return new Promise(function (resolve, reject) {

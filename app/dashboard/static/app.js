@@ -450,6 +450,7 @@
           class: "button", id: "continue-training", title: "A new job that starts from this model",
           href: "#/new?model=" + encodeURIComponent(job.fine_tuned_model), text: "Train further",
         }));
+        actions.appendChild(downloadControl(job));
         actions.appendChild(h("a", {
           class: "button primary", id: "open-playground",
           href: "#/playground?model=" + encodeURIComponent(job.fine_tuned_model), text: "Chat with it",
@@ -459,6 +460,40 @@
         h("a", { href: "#/jobs", class: "small muted", text: "\u2190 All jobs" }),
         h("h1", {}, h("span", { class: "job-title", text: job.id }), " ", badge(job.status), " ", methodTag(job))));
       header.appendChild(actions);
+    }
+
+    /** A format picker and a Download button for the job's model (docs/export.md). */
+    function downloadControl(job) {
+      const lora = (methodHyperparameters(job).training_type || "lora") !== "full";
+      const formats = [
+        ["merged", "Merged (transformers)"],
+        ["gguf:f16", "GGUF f16"],
+        ["gguf:q8_0", "GGUF q8_0"],
+        ["gguf:q4_0", "GGUF q4_0"],
+      ];
+      if (lora) formats.unshift(["adapter", "LoRA adapter (peft)"]);
+      const select = h("select", { id: "download-format", title: "What to download" },
+        formats.map(function (f) { return h("option", { value: f[0], text: f[1] }); }));
+      const button = h("button", {
+        class: "button", id: "download-model", type: "button", text: "Download",
+        onclick: async function () {
+          const parts = select.value.split(":");
+          const params = { format: parts[0], quantization: parts[1] };
+          button.disabled = true;
+          try {
+            const name = await api.downloadModel(job.fine_tuned_model, params, function (status) {
+              button.textContent = "Building (" + status + ")\u2026";
+            });
+            toast("Downloaded " + name);
+          } catch (err) {
+            toast(err.message, "error");
+          } finally {
+            button.disabled = false;
+            button.textContent = "Download";
+          }
+        },
+      });
+      return h("span", { class: "download-model" }, select, button);
     }
 
     function renderSummary(job) {
