@@ -126,7 +126,7 @@ class Parallel:
         has (every forward gathers weights from all ranks), else its own."""
         if self.kind != "fsdp":
             return n_rows
-        count = torch.tensor([n_rows], dtype=torch.long)
+        count = torch.tensor([n_rows], dtype=torch.long, device=_collective_device())
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         return int(count.item())
 
@@ -134,9 +134,7 @@ class Parallel:
         """``values`` summed over ranks (a copy; on one process, ``values`` itself)."""
         if not self.active:
             return values
-        total = values.detach().clone()
-        if total.device.type != "cpu" and dist.get_backend() == "gloo":
-            total = total.cpu()
+        total = values.detach().to(_collective_device(), copy=True)
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total.to(values.device)
 
@@ -210,6 +208,13 @@ class Parallel:
         usually follows), and after an evaluation's forwards none does; the state dict and the
         optimizer must see the shards they hold."""
         self.wrapped.reshard()
+
+
+def _collective_device() -> torch.device:
+    """Where a collective's tensors must be: NCCL reduces GPU tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _decoder_layers(model: Any) -> list[torch.nn.Module]:
