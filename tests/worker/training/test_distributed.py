@@ -148,7 +148,7 @@ def test_a_killed_rank_fails_the_attempt_with_rank_lost(
             finished.set()
     assert failed.value.code == RANK_LOST
     assert "process 1 of 2" in str(failed.value) and "signal 9" in str(failed.value)
-    assert time.monotonic() - started < 120  # detected, not waited out
+    assert time.monotonic() - started < 300  # detected, not waited out (the timeout is 10 min)
     assert not torch.distributed.is_initialized()
     assert _children_of(os.getpid()) == []
 
