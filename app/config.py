@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tuna_core.base_models import check_hub_id, hub_model_folders
@@ -68,6 +68,17 @@ class Settings(BaseSettings):
         ge=1,
         description="Processes a worker trains each job on (one per GPU it owns; data "
         "parallel: DDP for LoRA, FSDP2 for full fine-tuning). See docs/scaling.md",
+    )
+    training_nodes: int = Field(
+        default=1,
+        ge=1,
+        description="Machines each job trains on: this worker's and TUNA_TRAINING_NODES - 1 "
+        "agents (python -m worker.training.agent) that join at TUNA_TRAINING_RENDEZVOUS",
+    )
+    training_rendezvous: str | None = Field(
+        default=None,
+        description="host:port of this worker that the other machines' agents reach, when "
+        "TUNA_TRAINING_NODES > 1",
     )
     max_job_attempts: int = Field(
         default=5,
@@ -214,6 +225,15 @@ class Settings(BaseSettings):
         return hub_model_folders(self.hub_models, self.resolved_model_cache_dir) | dict(
             self.local_models
         )
+
+    @model_validator(mode="after")
+    def _rendezvous_for_nodes(self) -> Settings:
+        if self.training_nodes > 1 and not self.training_rendezvous:
+            raise ValueError(
+                "TUNA_TRAINING_NODES > 1 needs TUNA_TRAINING_RENDEZVOUS (host:port of this "
+                "worker, reachable from the other machines)"
+            )
+        return self
 
     @field_validator("hub_models")
     @classmethod

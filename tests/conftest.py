@@ -216,6 +216,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         TUNA_TRAINING_QUEUE=settings.training_queue,
         TUNA_JOB_LEASE_SECONDS=str(settings.job_lease_seconds),
         TUNA_TRAINING_PROCESSES=str(settings.training_processes),
+        TUNA_TRAINING_NODES=str(settings.training_nodes),
+        TUNA_TRAINING_RENDEZVOUS=settings.training_rendezvous or "",
     )
     return env
 

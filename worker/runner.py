@@ -218,7 +218,14 @@ class JobRunner:
                 )
                 config = self._config(plan)
                 callbacks = JobCallbacks(self.db, self.storage, plan, integrations)
-                result = train_on(self.settings.training_processes, config, callbacks, tokenized)
+                result = train_on(
+                    self.settings.training_processes,
+                    config,
+                    callbacks,
+                    tokenized,
+                    nodes=self.settings.training_nodes,
+                    rendezvous=self.settings.training_rendezvous,
+                )
         except TrainingCancelled:
             return
         except TrainingPaused:

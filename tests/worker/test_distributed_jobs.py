@@ -1,7 +1,7 @@
 """Jobs on a worker that trains each job on two processes (TUNA_TRAINING_PROCESSES=2, gloo on
-this CPU): a job trains and publishes as on one, with the same losses; a training process
-SIGKILLed mid-job fails that attempt only, and the job resumes from its checkpoint and
-succeeds."""
+this CPU): a job trains and publishes as on one; a training process SIGKILLed mid-job fails that
+attempt only, and the job resumes from its checkpoint and succeeds. And on two "machines": a
+worker with TUNA_TRAINING_NODES=2 and an agent process as the second machine."""
 
 from __future__ import annotations
 
@@ -38,6 +38,38 @@ def two_process_worker(tmp_path: Path):
     stop()
 
 
+@pytest.fixture
+def two_machine_worker(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from app.bootstrap import prepare
+    from app.main import create_app
+    from tests.conftest import REPO_ROOT, free_port
+
+    rendezvous = f"127.0.0.1:{free_port()}"
+    settings = make_settings(
+        tmp_path / "data", None, training_nodes=2, training_rendezvous=rendezvous
+    )
+    prepare(settings)
+    app = create_app(settings)
+    url, stop = serve_in_thread(app)
+    live = LiveServer(app=app, settings=settings, url=url, backend="sqlite")
+    log = (tmp_path / "agent.log").open("wb")
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "worker.training.agent", "--rendezvous", rendezvous,
+         "--nodes", "2", "--node-rank", "1", "--device", "cpu"],
+        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    worker.start()
+    yield live, tmp_path / "agent.log"
+    worker.stop()
+    os.killpg(agent.pid, signal.SIGTERM)
+    agent.wait(timeout=30)
+    stop()
+
+
 def create(client: openai.OpenAI, training_file: str, n_epochs: int) -> str:
     return client.fine_tuning.jobs.create(
         model="tuna-tiny-test",
@@ -62,7 +94,9 @@ def rank_processes() -> list[int]:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"worker.training" in argv and b"--rank" in argv:
+            if b"--rank" in argv and (
+                b"worker.training" in argv or b"worker.training.agent" in argv
+            ):
                 found.append(int(entry.name))
     return found
 
@@ -109,3 +143,38 @@ def test_a_killed_training_process_fails_the_attempt_and_the_job_resumes(
     assert int(resumed[0].split()[3]) % 4 == 0  # an epoch's checkpoint
     steps = [m["step"] for m in metrics_of(client, job_id)]
     assert sorted(set(steps)) == list(range(1, 17))
+
+
+def test_a_job_trains_across_two_machines(two_machine_worker) -> None:
+    live, agent_log = two_machine_worker
+    client = live.client(live.new_key())
+    for _ in range(2):  # the agent serves one run after another
+        job_id = create(client, upload(client, chat_jsonl(12)), n_epochs=1)
+        job = wait_for(client, job_id, {"succeeded", "failed"})
+        assert job.status == "succeeded", job.error
+        messages = [e.message for e in all_events(client, job_id)]
+        assert any("x 2 processes (DDP)" in m for m in messages), messages
+    assert agent_log.read_bytes().count(b"training") >= 2
+
+
+def test_a_lost_machine_fails_the_attempt_and_the_job_resumes(two_machine_worker) -> None:
+    """The agent's rank is killed mid-job: the leading worker's next collective fails, the job
+    goes back to the queue, the agent starts its rank again and the next attempt resumes."""
+    live, _agent_log = two_machine_worker
+    client = live.client(live.new_key())
+    job_id = create(client, upload(client, chat_jsonl(16)), n_epochs=4)
+    deadline = time.monotonic() + 180
+    while True:  # past the first epoch's checkpoint (4 steps an epoch)
+        steps = [m["step"] for m in metrics_of(client, job_id)]
+        if steps and max(steps) >= 6:
+            break
+        assert time.monotonic() < deadline, "the job did not get going"
+        time.sleep(0.2)
+    (agent_rank,) = rank_processes()
+    os.kill(agent_rank, signal.SIGKILL)
+
+    job = wait_for(client, job_id, {"succeeded", "failed"}, timeout=300)
+    assert job.status == "succeeded", job.error
+    messages = [e.message for e in all_events(client, job_id)]
+    assert any("on another machine ended or became unreachable" in m for m in messages), messages
+    assert any(m.startswith("Resumed from step ") for m in messages), messages

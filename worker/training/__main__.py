@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=None, help="this process's rank")
     parser.add_argument("--world-size", type=int, default=None)
     parser.add_argument("--init-method", default=None, help="tcp://HOST:PORT of rank 0")
+    parser.add_argument("--run-id", default=None, help="the run's id at a shared rendezvous")
     args = parser.parse_args(argv)
     config = TrainingConfig.from_dict(json.loads(args.config.read_text()))
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         from_torchrun_environment,
         init_process_group,
     )
-    from worker.training.launch import train_on
+    from worker.training.launch import receive_config, train_on
     from worker.training.loop import TrainingCancelled, TrainingError, TrainingPaused
 
     # stdout carries only JSON lines; keep stderr to warnings and errors.
@@ -52,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if joined is not None:
         rank, world_size, address = joined
-        init_process_group(rank, world_size, address, pick_device(config.device))
+        run_id = args.run_id if args.rank is not None else None
+        init_process_group(rank, world_size, address, pick_device(config.device), run_id)
+        if args.rank is not None:  # started by launch.train_on: the run's config is rank 0's
+            config = receive_config()
     rank = joined[0] if joined is not None else 0
     callbacks = PrintCallbacks(sys.stdout) if rank == 0 else NullCallbacks()
 

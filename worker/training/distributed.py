@@ -229,18 +229,63 @@ def _decoder_layers(model: Any) -> list[torch.nn.Module]:
 # -- starting and ending a process group ----------------------------------------------------------
 
 
-def init_process_group(rank: int, world_size: int, address: str, device: torch.device) -> None:
-    """Join the run's group: NCCL between GPUs, gloo between CPU processes."""
+def init_process_group(
+    rank: int, world_size: int, address: str, device: torch.device, run_id: str | None = None
+) -> None:
+    """Join the run's group: NCCL between GPUs, gloo between CPU processes.
+
+    ``address`` is ``tcp://host:port`` or ``env://``. With ``run_id`` (runs across machines,
+    whose agents outlive each run), rank 0 hosts the rendezvous store at ``address`` and
+    publishes the id (`RUN_KEY`); every rank keeps its keys under that id, so a rank that comes
+    back early from the previous run can never mix into the next one. Between runs the key
+    still names the last one, which the agents have served: they wait for a new id."""
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
+    if run_id is None:
+        dist.init_process_group(
+            backend,
+            init_method=address,
+            rank=rank,
+            world_size=world_size,
+            timeout=COLLECTIVE_TIMEOUT,
+        )
+        return
+    store = _leader_store(address) if rank == 0 else rendezvous_store(address, leader=False)
+    if rank == 0:
+        store.set(RUN_KEY, run_id)
     dist.init_process_group(
         backend,
-        init_method=address,
+        store=dist.PrefixStore(f"run/{run_id}", store),
         rank=rank,
         world_size=world_size,
         timeout=COLLECTIVE_TIMEOUT,
     )
+
+
+RUN_KEY = "tuna/run"
+# The leading worker serves its rendezvous store once, for all its runs: listening again on the
+# same port right after a run fails while the old socket lingers.
+_LEADER_STORES: dict[str, Any] = {}
+
+
+def close_run(address: str) -> None:
+    """The leading worker's run has ended: agents must not join it (an agent's rank restarted
+    after a crash would otherwise wait in it for a rank 0 that has gone)."""
+    if address in _LEADER_STORES:
+        _LEADER_STORES[address].set(RUN_KEY, "")
+
+
+def _leader_store(address: str) -> Any:
+    if address not in _LEADER_STORES:
+        _LEADER_STORES[address] = rendezvous_store(address, leader=True)
+    return _LEADER_STORES[address]
+
+
+def rendezvous_store(address: str, leader: bool, timeout: timedelta = COLLECTIVE_TIMEOUT) -> Any:
+    """The TCPStore at ``tcp://host:port``: served by the leader (rank 0), a client elsewhere."""
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    return dist.TCPStore(host, int(port), is_master=leader, timeout=timeout, wait_for_workers=False)
 
 
 def destroy_process_group() -> None:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 from tuna_core.devices import pick_device
 from worker.training.callbacks import TrainingCallbacks
 from worker.training.config import TrainingConfig
-from worker.training.distributed import destroy_process_group, init_process_group
+from worker.training.distributed import close_run, destroy_process_group, init_process_group
 
 logger = logging.getLogger("tuna.training")
 
@@ -45,22 +46,35 @@ def train_on(
     config: TrainingConfig,
     callbacks: TrainingCallbacks,
     tokenized: Mapping[Path, list[Any]] | None = None,
+    *,
+    nodes: int = 1,
+    rendezvous: str | None = None,
 ) -> Any:
-    """``train(config, callbacks, tokenized)`` on ``processes`` processes (1: this one only)."""
+    """``train(config, callbacks, tokenized)`` on ``processes`` processes (1: this one only).
+
+    With ``nodes`` > 1, ``processes`` per node: this machine starts its own, and the agents of
+    the other machines (`worker.training.agent`) join at ``rendezvous`` (``host:port`` of this
+    machine, reachable from them) as ranks ``processes`` and up; every rank gets the run's
+    config from rank 0."""
     from worker.training.loop import TrainingError, TrainingStopped, train
 
-    if processes <= 1:
+    world_size = processes * nodes
+    if world_size <= 1:
         return train(config, callbacks, tokenized)
     device = pick_device(config.device)
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://{rendezvous}" if nodes > 1 else f"tcp://127.0.0.1:{_free_port()}"
+    # Across machines the agents join run after run at one address: each run gets its own id.
+    run_id = uuid.uuid4().hex if nodes > 1 else None
     with tempfile.TemporaryDirectory(prefix="tuna-ranks-") as folder:
         config_path = Path(folder) / "config.json"
         config_path.write_text(json.dumps(config.to_dict()))
         children = [
-            _start_rank(rank, processes, address, config_path) for rank in range(1, processes)
+            _start_rank(rank, world_size, address, config_path, run_id)
+            for rank in range(1, processes)
         ]
         try:
-            init_process_group(0, processes, address, device)
+            init_process_group(0, world_size, address, device, run_id)
+            share_config(config)
             try:
                 result = train(config, callbacks, tokenized)
             except TrainingStopped:
@@ -68,6 +82,11 @@ def train_on(
                 raise
             except Exception as exc:
                 lost = _lost(children, wait_seconds=5)
+                if lost is None and world_size > processes and _is_collective_failure(exc):
+                    lost = (
+                        "A training process on another machine ended or became unreachable "
+                        f"({type(exc).__name__}); the job resumes from its last checkpoint."
+                    )
                 if lost:
                     raise TrainingError(lost, code=RANK_LOST) from exc
                 raise
@@ -77,17 +96,49 @@ def train_on(
                 raise TrainingError(lost, code=RANK_LOST)
             return result
         finally:
+            if run_id is not None:
+                close_run(address)
             destroy_process_group()
             _kill(children)
 
 
+def share_config(config: TrainingConfig) -> None:
+    """Rank 0: send the run's config to every rank (the agents of other machines have none)."""
+    from worker.training.distributed import Parallel
+
+    Parallel().decide(config.to_dict())
+
+
+def receive_config() -> TrainingConfig:
+    """Any other rank: the run's config, from rank 0 (`share_config`)."""
+    from worker.training.distributed import Parallel
+
+    shared: dict[str, Any] | None = Parallel().decide(None)
+    assert shared is not None, "rank 0 sends the config first"
+    return TrainingConfig.from_dict(shared)
+
+
+def _is_collective_failure(exc: BaseException) -> bool:
+    """An error of torch.distributed itself: a peer that vanished mid-collective."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("Gloo", "gloo", "NCCL", "Connection", "connection")
+    )
+
+
 def _start_rank(
-    rank: int, world_size: int, address: str, config_path: Path
+    rank: int, world_size: int, address: str, config_path: Path, run_id: str | None
 ) -> subprocess.Popen[bytes]:
     command = [
         sys.executable, "-m", "worker.training", "--config", str(config_path),
         "--rank", str(rank), "--world-size", str(world_size), "--init-method", address,
     ]  # fmt: skip
+    if run_id is not None:
+        command += ["--run-id", run_id]
     # Its own process group: killing it (or its end) never signals the worker.
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
 

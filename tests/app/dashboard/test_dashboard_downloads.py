@@ -21,7 +21,9 @@ def test_download_the_model_of_a_job(
     server: LiveServer, api_key: str, worker: WorkerProcess, page: Any, tmp_path: Path
 ) -> None:
     client = server.client(api_key)
-    training = client.files.create(file=("t.jsonl", io.BytesIO(chat_jsonl(12))), purpose="fine-tune")
+    training = client.files.create(
+        file=("t.jsonl", io.BytesIO(chat_jsonl(12))), purpose="fine-tune"
+    )
     job = client.fine_tuning.jobs.create(
         model="tuna-tiny-test",
         training_file=training.id,

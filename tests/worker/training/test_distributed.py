@@ -165,3 +165,37 @@ def _children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             children.append(int(entry.name))
     return children
+
+
+def test_runs_across_machines_through_an_agent(
+    make_config: Callable[..., TrainingConfig], varied_file: Path, tmp_path: Path
+) -> None:
+    """A second "machine" (an agent process with one rank) joins two runs in a row at the
+    leading process's rendezvous, and each trains like one process."""
+    import subprocess
+    import sys
+
+    from worker.training.launch import _free_port
+
+    rendezvous = f"127.0.0.1:{_free_port()}"
+    log = (tmp_path / "agent.log").open("wb")
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "worker.training.agent", "--rendezvous", rendezvous,
+         "--nodes", "2", "--node-rank", "1", "--processes", "1", "--device", "cpu"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        settings = {"batch_size": 4, "n_epochs": 1, "compile": "off", "lora_dropout": 0.0}
+        one = Recorder()
+        train(make_config(varied_file, "one", **settings), one)
+        for run in ("first", "second"):
+            two = Recorder()
+            train_on(
+                1, make_config(varied_file, run, **settings), two, nodes=2, rendezvous=rendezvous
+            )
+            compare(one, two)
+            assert any(e[2] and e[2].get("processes") == 2 for e in two.events)
+    finally:
+        os.killpg(agent.pid, signal.SIGTERM)
+        agent.wait(timeout=30)
+    assert b"training" in (tmp_path / "agent.log").read_bytes()
