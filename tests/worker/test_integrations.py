@@ -366,6 +366,11 @@ def job_row(tmp_path: Path) -> Iterator[tuple[Any, str]]:
         )
     yield database, job_id
     database.dispose()
+    import wandb
+
+    # The W&B service these in-process runs started: stopped here, not at interpreter exit
+    # (where it reports a lost connection once pytest has closed its loops).
+    wandb.teardown()
 
 
 def events_of(database: Any, job_id: str) -> list[tuple[str, str]]:
