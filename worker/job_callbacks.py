@@ -6,6 +6,7 @@ one short transaction of its own, so the API shows training live.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.db import Database
+from app.exports.repository import ExportRepository
 from app.files.storage import LocalStorage
 from app.fine_tuning.repository import FineTuningRepository
 from app.fine_tuning.schemas import CHECKPOINT_METRICS
@@ -127,8 +129,14 @@ class JobCallbacks:
         self.integrations.checkpoint(step, model_id, metrics)
 
     def on_checkpoint_deleted(self, step: int, path: Path) -> None:
+        """A pruned checkpoint: its `ft:` model goes, and with it the downloads built of it
+        (their rows by the foreign key; their folders here)."""
+        model_id = checkpoint_model_id(self.plan.model_id, step)
         with self.db.session_scope() as session:
+            built = ExportRepository(session).storage_keys(model_id)
             FineTuningRepository(session).remove_checkpoint(self.job_id, step)
+        for key in built:
+            shutil.rmtree(self.storage.path(key), ignore_errors=True)
 
     def should_stop(self) -> StopRequest | None:
         """Polled between steps: "cancel" or "pause" when the API asked, and "cancel" when this

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from app.db import Database
+from app.exports.repository import ExportRepository, export_folder
 from app.files.storage import LocalStorage
 from app.fine_tuning.repository import FineTuningRepository
 from app.migrate import upgrade
 from app.orm import FineTuningJob, Project
+from tuna_core.model_ids import checkpoint_model_id
 from worker.job_callbacks import JobCallbacks, JobPlan, step_message
 
 DPO_STEP = {
@@ -107,3 +109,18 @@ def test_a_dpo_jobs_metrics_and_checkpoints(database: Database, tmp_path: Path) 
         }
         messages = [e.message for e in jobs.list_events(job_id, after=None, limit=10).items]
     assert step_message(1, 2, measured, "dpo") in messages
+
+    # Pruned later: its model row goes, and the downloads built of it, rows and files.
+    model_id = checkpoint_model_id(plan.model_id, 1)
+    with database.session_scope() as session:
+        export = ExportRepository(session).create("proj_callbacks", model_id, "gguf-q8_0")
+        built = storage.path(export_folder(export.id))
+    built.mkdir(parents=True)
+    (built / "model.gguf").write_bytes(b"GGUF")
+    callbacks.on_checkpoint_deleted(1, folder)
+    assert not built.exists()
+    with database.session_scope() as session:
+        assert ExportRepository(session).of_model(model_id) == []
+        assert (
+            FineTuningRepository(session).list_checkpoints(job_id, after=None, limit=10).items == []
+        )
