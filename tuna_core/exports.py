@@ -29,12 +29,17 @@ def export_key(export_format: str, gguf_type: str | None = None) -> str:
     return f"gguf-{gguf_type or DEFAULT_GGUF_TYPE}" if export_format == "gguf" else export_format
 
 
+def parse_export_key(key: str) -> tuple[str, str | None]:
+    """(format, GGUF type or None): the inverse of ``export_key``."""
+    export_format, _, gguf_type = key.partition("-")
+    return export_format, gguf_type or None
+
+
 def download_name(model_id: str, key: str) -> str:
     """A file name for the download: the model id with ':' and '/' made safe, then the kind."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id).strip("-")
-    if key.startswith("gguf-"):
-        return f"{stem}.{key.removeprefix('gguf-')}.gguf"
-    return f"{stem}.{key}.tar"
+    export_format, gguf_type = parse_export_key(key)
+    return f"{stem}.{gguf_type}.gguf" if export_format == "gguf" else f"{stem}.{key}.tar"
 
 
 def needs_build(export_format: str, training_type: str) -> bool:

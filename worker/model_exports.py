@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from app.files.storage import LocalStorage
 from app.orm import FineTunedModel
 from app.orm.base import utcnow
 from tuna_core.base_models import resolve_base_model
+from tuna_core.exports import parse_export_key
 from worker.heartbeat import Lease
 
 logger = logging.getLogger("tuna.worker")
@@ -49,7 +51,7 @@ class ExportBuilder:
             key, model_key = row.key, model.storage_key
             base_model, training_type = model.base_model, model.training_type
         logger.info("building export %s (%s of %s)", export_id, key, model_key)
-        name = "model.gguf" if key.startswith("gguf-") else key
+        name = "model.gguf" if parse_export_key(key)[0] == "gguf" else key
         target_key = f"{export_folder(export_id)}/{name}"
         try:
             with Lease(self._renew(export_id), self.lease, name=f"lease-{export_id}"):
@@ -78,7 +80,8 @@ class ExportBuilder:
         if key == "merged":  # a LoRA model: full models stream their own folder
             write_merged(self._base_dir(base_model), model_dir, target)
             return
-        quantization = key.removeprefix("gguf-")
+        _, quantization = parse_export_key(key)
+        assert quantization is not None  # a GGUF key: the only other kind built here
         if training_type == "full":
             write_gguf(model_dir, target, quantization)
             return
@@ -91,7 +94,7 @@ class ExportBuilder:
             base_model, self.settings.resolved_model_cache_dir, self.settings.base_model_folders
         )
 
-    def _renew(self, export_id: str):  # type: ignore[no-untyped-def]
+    def _renew(self, export_id: str) -> Callable[[], None]:
         def renew() -> None:
             with self.db.session_scope() as session:
                 ExportRepository(session).renew_lease(

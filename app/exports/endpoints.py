@@ -18,7 +18,7 @@ from app.auth import CurrentProject, SessionDep
 from app.exports.archive import folder_archive
 from app.exports.schemas import CreateExportRequest, ModelExportList, ModelExportObject
 from app.exports.service import ExportService, Ready
-from tuna_core.exports import export_key
+from tuna_core.exports import export_key, parse_export_key
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -75,7 +75,7 @@ def create_export(
 def list_exports(model: str, project: CurrentProject, exports: Exports) -> ModelExportList:
     data = []
     for row in exports.list(project, model):
-        export_format, _, quantization = row.key.partition("-")
+        export_format, quantization = parse_export_key(row.key)
         data.append(ModelExportObject.of(row, download_url(model, export_format, quantization)))
     return ModelExportList(data=data)
 

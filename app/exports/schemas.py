@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from app.orm import ModelExport
 from app.orm.base import unix
+from tuna_core.exports import parse_export_key
 
 
 class CreateExportRequest(BaseModel):
@@ -41,12 +42,12 @@ class ModelExportObject(BaseModel):
 
     @classmethod
     def of(cls, row: ModelExport, download_url: str) -> ModelExportObject:
-        export_format, _, quantization = row.key.partition("-")
+        export_format, quantization = parse_export_key(row.key)
         return cls(
             id=row.id,
             model=row.model_id,
             format=export_format,
-            quantization=quantization or None,
+            quantization=quantization,
             status=row.status,  # type: ignore[arg-type]
             bytes=row.bytes,
             error=ExportError(code="export_failed", message=row.error_message)
@@ -59,12 +60,12 @@ class ModelExportObject(BaseModel):
 
     @classmethod
     def stored(cls, model_id: str, key: str, download_url: str) -> ModelExportObject:
-        export_format, _, quantization = key.partition("-")
+        export_format, quantization = parse_export_key(key)
         return cls(
             id=None,
             model=model_id,
             format=export_format,
-            quantization=quantization or None,
+            quantization=quantization,
             status="succeeded",
             bytes=None,
             error=None,

@@ -101,6 +101,24 @@ def rank_processes() -> list[int]:
     return found
 
 
+def kill_a_rank_mid_job(client: openai.OpenAI) -> tuple[str, list[str]]:
+    """A 16-step job whose other rank (this machine's or the agent's) is SIGKILLed past the
+    first epoch's checkpoint; once it has succeeded, its id and events' messages."""
+    job_id = create(client, upload(client, chat_jsonl(16)), n_epochs=4)
+    deadline = time.monotonic() + 180
+    while True:  # past the first epoch's checkpoint (4 steps an epoch)
+        steps = [m["step"] for m in metrics_of(client, job_id)]
+        if steps and max(steps) >= 6:
+            break
+        assert time.monotonic() < deadline, "the job did not get going"
+        time.sleep(0.2)
+    (other_rank,) = rank_processes()
+    os.kill(other_rank, signal.SIGKILL)
+    job = wait_for(client, job_id, {"succeeded", "failed"}, timeout=300)
+    assert job.status == "succeeded", job.error
+    return job_id, [e.message for e in all_events(client, job_id)]
+
+
 def test_a_job_trains_on_two_processes(two_process_worker) -> None:
     live, _worker = two_process_worker
     client = live.client(live.new_key())
@@ -123,20 +141,7 @@ def test_a_killed_training_process_fails_the_attempt_and_the_job_resumes(
 ) -> None:
     live, _worker = two_process_worker
     client = live.client(live.new_key())
-    job_id = create(client, upload(client, chat_jsonl(16)), n_epochs=4)
-    deadline = time.monotonic() + 180
-    while True:  # past the first epoch's checkpoint (4 steps an epoch)
-        steps = [m["step"] for m in metrics_of(client, job_id)]
-        if steps and max(steps) >= 6:
-            break
-        assert time.monotonic() < deadline, "the job did not get going"
-        time.sleep(0.2)
-    (rank_one,) = rank_processes()
-    os.kill(rank_one, signal.SIGKILL)
-
-    job = wait_for(client, job_id, {"succeeded", "failed"}, timeout=300)
-    assert job.status == "succeeded", job.error
-    messages = [e.message for e in all_events(client, job_id)]
+    job_id, messages = kill_a_rank_mid_job(client)
     assert any("Training process 1 of 2 ended (signal 9)" in m for m in messages), messages
     resumed = [m for m in messages if m.startswith("Resumed from step ")]
     assert len(resumed) == 1 and resumed[0].endswith("(attempt 2)"), messages
@@ -162,19 +167,6 @@ def test_a_lost_machine_fails_the_attempt_and_the_job_resumes(two_machine_worker
     goes back to the queue, the agent starts its rank again and the next attempt resumes."""
     live, _agent_log = two_machine_worker
     client = live.client(live.new_key())
-    job_id = create(client, upload(client, chat_jsonl(16)), n_epochs=4)
-    deadline = time.monotonic() + 180
-    while True:  # past the first epoch's checkpoint (4 steps an epoch)
-        steps = [m["step"] for m in metrics_of(client, job_id)]
-        if steps and max(steps) >= 6:
-            break
-        assert time.monotonic() < deadline, "the job did not get going"
-        time.sleep(0.2)
-    (agent_rank,) = rank_processes()
-    os.kill(agent_rank, signal.SIGKILL)
-
-    job = wait_for(client, job_id, {"succeeded", "failed"}, timeout=300)
-    assert job.status == "succeeded", job.error
-    messages = [e.message for e in all_events(client, job_id)]
+    _job_id, messages = kill_a_rank_mid_job(client)
     assert any("on another machine ended or became unreachable" in m for m in messages), messages
     assert any(m.startswith("Resumed from step ") for m in messages), messages

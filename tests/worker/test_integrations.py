@@ -24,9 +24,6 @@ from tests.conftest import LiveServer, WorkerProcess, make_settings, serve_in_th
 from tests.datasets import chat_jsonl
 from tests.worker.test_job_flow import TERMINAL, all_events, upload, wait_for
 
-pytest.importorskip("wandb")
-pytest.importorskip("mlflow")
-
 # -- reading W&B's offline run files -------------------------------------------------------
 
 _WANDB_HEADER = b":W&B\xe1\xbe\x00"  # ident, magic 0xBEE1 (little-endian), version 0
@@ -339,31 +336,17 @@ def job_row(tmp_path: Path) -> Iterator[tuple[Any, str]]:
     """A running DPO job with both integrations, on a SQLite database of its own."""
     from app.db import Database
     from app.migrate import upgrade
-    from app.orm import FineTuningJob, Project
+    from tests.worker.test_job_callbacks import add_running_dpo_job
 
     url = f"sqlite:///{tmp_path / 'tuna.db'}"
     upgrade(url)
     database = Database(url)
-    job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
-    with database.session_scope() as session:
-        session.add(Project(id="proj_integrations", name="org"))
-        session.flush()
-        session.add(
-            FineTuningJob(
-                id=job_id,
-                project_id="proj_integrations",
-                model="tuna-tiny-test",
-                training_file="file-x",
-                seed=1,
-                method_type="dpo",
-                hyperparameters={"beta": "auto"},
-                status="running",
-                result_files=[],
-                worker_id="w",
-                attempt=1,
-                integrations=integrations("in-process", "in-process"),
-            )
-        )
+    job_id = add_running_dpo_job(
+        database,
+        "proj_integrations",
+        hyperparameters={"beta": "auto"},
+        integrations=integrations("in-process", "in-process"),
+    )
     yield database, job_id
     database.dispose()
     import wandb

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,26 +58,30 @@ def database(tmp_path: Path) -> Iterator[Database]:
     db.dispose()
 
 
-def test_a_dpo_jobs_metrics_and_checkpoints(database: Database, tmp_path: Path) -> None:
+def add_running_dpo_job(database: Database, project_id: str, **fields: Any) -> str:
+    """A project (organization "org") and a DPO job of it that worker "w" runs (attempt 1), as
+    rows only: what a worker's callbacks act on. Returns the job's id."""
     job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
     with database.session_scope() as session:
-        session.add(Project(id="proj_callbacks", name="org"))
+        session.add(Project(id=project_id, name="org"))
         session.flush()
-        session.add(
-            FineTuningJob(
-                id=job_id,
-                project_id="proj_callbacks",
-                model="tuna-tiny-test",
-                training_file="file-x",
-                seed=1,
-                method_type="dpo",
-                hyperparameters={},
-                status="running",
-                result_files=[],
-                worker_id="w",
-                attempt=1,
-            )
-        )
+        row: dict[str, Any] = {
+            "model": "tuna-tiny-test",
+            "training_file": "file-x",
+            "seed": 1,
+            "method_type": "dpo",
+            "hyperparameters": {},
+            "status": "running",
+            "result_files": [],
+            "worker_id": "w",
+            "attempt": 1,
+        }
+        session.add(FineTuningJob(id=job_id, project_id=project_id, **(row | fields)))
+    return job_id
+
+
+def test_a_dpo_jobs_metrics_and_checkpoints(database: Database, tmp_path: Path) -> None:
+    job_id = add_running_dpo_job(database, "proj_callbacks")
     storage = LocalStorage(tmp_path / "storage")
     plan = JobPlan(
         job_id=job_id,

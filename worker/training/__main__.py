@@ -5,8 +5,9 @@ line is ``{"type": "result", ...}`` or ``{"type": "error", ...}``.
 
 On several processes: ``--processes N`` starts N ranks on this machine (`launch.train_on`);
 ``--rank R --world-size N --init-method tcp://HOST:PORT`` is one rank of such a run (how
-`launch` starts its children); under ``torchrun`` (its RANK, WORLD_SIZE, MASTER_ADDR and
-MASTER_PORT: one or several machines) each process is one rank. Only rank 0 prints.
+`launch` starts its children: they take the config from rank 0, `launch.join_run`); under
+``torchrun`` (its RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT: one or several machines) each
+process is one rank. Only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -22,13 +23,21 @@ from worker.training.config import TrainingConfig
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.training", description=__doc__)
-    parser.add_argument("--config", type=Path, required=True, help="TrainingConfig as JSON")
+    parser.add_argument("--config", type=Path, help="TrainingConfig as JSON (not with --rank)")
     parser.add_argument("--processes", type=int, default=1, help="ranks to start on this machine")
     parser.add_argument("--rank", type=int, default=None, help="this process's rank")
     parser.add_argument("--world-size", type=int, default=None)
     parser.add_argument("--init-method", default=None, help="tcp://HOST:PORT of rank 0")
     parser.add_argument("--run-id", default=None, help="the run's id at a shared rendezvous")
+    parser.add_argument("--device", default="auto", help="with --rank: this rank's device")
     args = parser.parse_args(argv)
+    if args.rank is not None:  # one of launch.train_on's ranks: the config comes from rank 0
+        from worker.training.launch import join_run
+
+        join_run(args.rank, args.world_size, args.init_method, args.device, args.run_id)
+        return 0
+    if args.config is None:
+        parser.error("--config is required")
     config = TrainingConfig.from_dict(json.loads(args.config.read_text()))
 
     from transformers.utils import logging as hf_logging
@@ -39,24 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         from_torchrun_environment,
         init_process_group,
     )
-    from worker.training.launch import receive_config, train_on
+    from worker.training.launch import train_on
     from worker.training.loop import TrainingCancelled, TrainingError, TrainingPaused
 
     # stdout carries only JSON lines; keep stderr to warnings and errors.
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
-    joined = (
-        (args.rank, args.world_size, args.init_method)
-        if args.rank is not None
-        else from_torchrun_environment()
-    )
+    joined = from_torchrun_environment()
     if joined is not None:
         rank, world_size, address = joined
-        run_id = args.run_id if args.rank is not None else None
-        init_process_group(rank, world_size, address, pick_device(config.device), run_id)
-        if args.rank is not None:  # started by launch.train_on: the run's config is rank 0's
-            config = receive_config()
+        init_process_group(rank, world_size, address, pick_device(config.device))
     rank = joined[0] if joined is not None else 0
     callbacks = PrintCallbacks(sys.stdout) if rank == 0 else NullCallbacks()
 

@@ -36,25 +36,15 @@ def serve_rank(
     previous process of this rank died in, which rank 0 is about to close)."""
     from transformers.utils import logging as hf_logging
 
-    from tuna_core.devices import pick_device
-    from worker.training.callbacks import NullCallbacks
-    from worker.training.distributed import (
-        RUN_KEY,
-        destroy_process_group,
-        init_process_group,
-        rendezvous_store,
-    )
-    from worker.training.launch import receive_config
-    from worker.training.loop import TrainingStopped, train
+    from worker.training.distributed import RUN_KEY, rendezvous_store
+    from worker.training.launch import join_run
 
     hf_logging.disable_progress_bar()
-    device = pick_device(device_name)
     address = f"tcp://{rendezvous}"
     while True:
         try:  # the id of the run the leading worker has open, if any
-            run_id = (
-                rendezvous_store(address, leader=False, timeout=JOIN_WAIT).get(RUN_KEY).decode()
-            )
+            store = rendezvous_store(address, leader=False, timeout=JOIN_WAIT)
+            run_id = store.get(RUN_KEY).decode()
         except Exception:  # no run open (the worker's store is not up): look again shortly
             time.sleep(2)
             continue
@@ -64,16 +54,9 @@ def serve_rank(
         served = run_id
         logger.info("rank %d: joining run %s", rank, run_id)
         try:
-            init_process_group(rank, world_size, address, device, run_id)
-            config = receive_config()
-            logger.info("rank %d: training %s", rank, config.output_dir)
-            train(config, NullCallbacks())
-        except TrainingStopped:
-            pass  # paused or cancelled by rank 0, like every rank
+            join_run(rank, world_size, address, device_name, run_id)
         except Exception:
             logger.warning("rank %d: the run ended with an error", rank, exc_info=True)
-        finally:
-            destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,14 +15,12 @@ killed when it ends, however it ends.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -65,41 +63,38 @@ def train_on(
     address = f"tcp://{rendezvous}" if nodes > 1 else f"tcp://127.0.0.1:{_free_port()}"
     # Across machines the agents join run after run at one address: each run gets its own id.
     run_id = uuid.uuid4().hex if nodes > 1 else None
-    with tempfile.TemporaryDirectory(prefix="tuna-ranks-") as folder:
-        config_path = Path(folder) / "config.json"
-        config_path.write_text(json.dumps(config.to_dict()))
-        children = [
-            _start_rank(rank, world_size, address, config_path, run_id)
-            for rank in range(1, processes)
-        ]
+    children = [
+        _start_rank(rank, world_size, address, config.device, run_id)
+        for rank in range(1, processes)
+    ]
+    try:
+        init_process_group(0, world_size, address, device, run_id)
+        share_config(config)
         try:
-            init_process_group(0, world_size, address, device, run_id)
-            share_config(config)
-            try:
-                result = train(config, callbacks, tokenized)
-            except TrainingStopped:
-                _wait(children)
-                raise
-            except Exception as exc:
-                lost = _lost(children, wait_seconds=5)
-                if lost is None and world_size > processes and _is_collective_failure(exc):
-                    lost = (
-                        "A training process on another machine ended or became unreachable "
-                        f"({type(exc).__name__}); the job resumes from its last checkpoint."
-                    )
-                if lost:
-                    raise TrainingError(lost, code=RANK_LOST) from exc
-                raise
+            result = train(config, callbacks, tokenized)
+        except TrainingStopped:
             _wait(children)
-            lost = _lost(children, wait_seconds=0)
+            raise
+        except Exception as exc:
+            lost = _lost(children, wait_seconds=5)
+            if lost is None and world_size > processes and _is_collective_failure(exc):
+                lost = (
+                    "A training process on another machine ended or became unreachable "
+                    f"({type(exc).__name__}); the job resumes from its last checkpoint."
+                )
             if lost:
-                raise TrainingError(lost, code=RANK_LOST)
-            return result
-        finally:
-            if run_id is not None:
-                close_run(address)
-            destroy_process_group()
-            _kill(children)
+                raise TrainingError(lost, code=RANK_LOST) from exc
+            raise
+        _wait(children)
+        lost = _lost(children, wait_seconds=0)
+        if lost:
+            raise TrainingError(lost, code=RANK_LOST)
+        return result
+    finally:
+        if run_id is not None:
+            close_run(address)
+        destroy_process_group()
+        _kill(children)
 
 
 def share_config(config: TrainingConfig) -> None:
@@ -130,11 +125,32 @@ def _is_collective_failure(exc: BaseException) -> bool:
     )
 
 
+def join_run(
+    rank: int, world_size: int, address: str, device: str, run_id: str | None = None
+) -> None:
+    """One rank other than 0 of one run: join its group, take the config from rank 0, train
+    this rank's share of each batch, leave. Reports nothing: rank 0 reports the run, its
+    errors included (a training error is every rank's), so only a crash ends this process
+    abnormally, which rank 0 reports as `rank_lost`."""
+    from worker.training.callbacks import NullCallbacks
+    from worker.training.loop import TrainingError, TrainingStopped, train
+
+    init_process_group(rank, world_size, address, pick_device(device), run_id)
+    try:
+        config = receive_config()
+        logger.info("rank %d: training %s", rank, config.output_dir)
+        train(config, NullCallbacks())
+    except (TrainingStopped, TrainingError):
+        pass  # paused, cancelled or failed with rank 0, which says so
+    finally:
+        destroy_process_group()
+
+
 def _start_rank(
-    rank: int, world_size: int, address: str, config_path: Path, run_id: str | None
+    rank: int, world_size: int, address: str, device: str, run_id: str | None
 ) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "worker.training", "--config", str(config_path),
+        sys.executable, "-m", "worker.training", "--device", device,
         "--rank", str(rank), "--world-size", str(world_size), "--init-method", address,
     ]  # fmt: skip
     if run_id is not None:

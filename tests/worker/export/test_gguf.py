@@ -280,8 +280,8 @@ LLAMA_CPP_SIMILARITY = {"f16": 0.9999, "bf16": 0.999, "q8_0": 0.995, "q4_0": 0.9
 
 @pytest.fixture
 def llama_cpp_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], Any]]:
-    """Open GGUF files with llama-cpp-python (skips when it is not installed)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    """Open GGUF files with llama-cpp-python (a dev dependency: the test needs it)."""
+    import llama_cpp
     import llama_cpp.llama_cpp as lib
 
     # ggml's AMX weight repacking ("extra buffer types") segfaults on this machine's CPU with
