@@ -199,3 +199,14 @@ def test_runs_across_machines_through_an_agent(
         os.killpg(agent.pid, signal.SIGTERM)
         agent.wait(timeout=30)
     assert b"training" in (tmp_path / "agent.log").read_bytes()
+
+
+def test_an_error_of_every_rank_is_reported_as_itself_not_as_a_lost_rank(
+    make_config: Callable[..., TrainingConfig], varied_file: Path
+) -> None:
+    """batch_size 1 on 2 processes: each rank refuses it; the run fails with that error (the
+    other rank exits as planned), not with rank_lost, so the job fails instead of retrying."""
+    with pytest.raises(TrainingError) as failed:
+        train_on(2, make_config(varied_file, "small", batch_size=1, compile="off"), Recorder())
+    assert failed.value.code == "invalid_batch_size"
+    assert failed.value.param == "batch_size"
